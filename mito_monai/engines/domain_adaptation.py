@@ -1,0 +1,203 @@
+"""The domain-adaptation trainer: a labelled source loader plus a cycled unlabelled target loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+
+from mito_monai.engines.loss_term import LossTerm
+
+__all__ = ["DomainAdaptationTrainer", "cycle"]
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Yield batches of ``loader`` forever, re-iterating it (and so reshuffling) at each pass.
+
+    Unlike ``itertools.cycle`` nothing is cached: every pass draws fresh random crops.
+    """
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the target data loader yields no batch; check the target dataset.")
+
+
+class DomainAdaptationTrainer(SupervisedTrainer):
+    """MONAI ``SupervisedTrainer`` for unsupervised domain adaptation (source labelled, target not).
+
+    Each iteration takes one batch of the labelled loader (``train_data_loader``: the source for
+    domain adaptation, the target itself for an Oracle run) and, when any unsupervised term is
+    active, one batch of ``target_data_loader`` (cycled, never cached), which carries two views of
+    the same crops sharing geometry: ``target_weak_key`` and ``target_strong_key``, each (B, 1, H, W).
+
+    Forward passes are only run when an active term needs them:
+
+    - labelled batch: logits (and features if a term uses ``source_features``), with gradient;
+    - weak target view: logits/features without gradient (teacher signal, pseudo-labels);
+    - strong target view: logits/features with gradient.
+
+    The objective is ``loss_function(source_logits, source_labels) + sum_k w_k(t) * term_k`` where
+    ``w_k(t)`` is each :class:`~mito_monai.engines.LossTerm`'s weight with its ramp-up. Every term
+    (unweighted) and its current weight go into ``engine.state.output`` as ``loss_<name>`` and
+    ``weight_<name>``; ``loss`` is the total, so MONAI's stock handlers (stats, validation,
+    checkpoints, MLflow) work unchanged. The network must accept ``return_features=True`` and
+    return ``(logits, features)`` when a term uses features (``MitoUNet`` does).
+
+    Args:
+        device, max_epochs, train_data_loader, network, optimizer, loss_function, epoch_length,
+            and the remaining keyword arguments: as for ``monai.engines.SupervisedTrainer``.
+        target_data_loader: loader of unlabelled target batches; required when a term is active.
+        terms: name -> :class:`LossTerm`; inactive terms (weight 0 or ``enabled=False``) are skipped.
+        target_weak_key, target_strong_key: batch keys of the two target views.
+        amp_dtype: autocast dtype when ``amp`` is True (``torch.float16`` uses a gradient scaler on CUDA;
+            ``torch.bfloat16`` needs none and also works on CPU).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        target_data_loader: Iterable | None = None,
+        terms: Mapping[str, LossTerm] | None = None,
+        target_weak_key: str = "image_weak",
+        target_strong_key: str = "image_strong",
+        amp_dtype: torch.dtype | str = torch.float16,
+        epoch_length: int | None = None,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            train_handlers=train_handlers,
+            amp=amp,
+            **kwargs,
+        )
+        terms = dict(terms or {})
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"term {name!r} must be a mito_monai.engines.LossTerm, got {type(term).__name__}.")
+        self.terms = nn.ModuleDict(terms)
+        self.active_terms = {name: term for name, term in terms.items() if term.active}
+        if self.active_terms and target_data_loader is None:
+            raise ValueError(
+                f"terms {sorted(self.active_terms)} act on the target domain, but no target_data_loader was given."
+            )
+        self.target_data_loader = target_data_loader
+        self._target_iter: Iterator | None = None
+        self.target_weak_key = target_weak_key
+        self.target_strong_key = target_strong_key
+        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
+        needed = {name for term in self.active_terms.values() for name in term.inputs}
+        self._needs_source_features = "source_features" in needed
+        self._needs_weak = bool(needed & {"target_logits_weak", "target_features_weak", "target_pseudo_labels"})
+        self._needs_strong = bool(needed & {"target_logits_strong", "target_features_strong"})
+        self._needs_target_features = bool(needed & {"target_features_weak", "target_features_strong"})
+
+    def _next_target_batch(self) -> dict:
+        if self._target_iter is None:
+            self._target_iter = cycle(self.target_data_loader)
+        return next(self._target_iter)
+
+    def _forward(self, images: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if features:
+            logits, feats = self.network(images, return_features=True)
+            return logits, feats
+        out = self.network(images)
+        return (out[0] if isinstance(out, (tuple, list)) else out), None
+
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device_type=torch.device(self.state.device).type, dtype=self.amp_dtype)
+
+    def _iteration(self, engine: DomainAdaptationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        step = engine.state.iteration - 1  # finished iterations before this one
+
+        target = None
+        if self._needs_weak or self._needs_strong:
+            raw = self._next_target_batch()
+            target = {
+                key: raw[key].to(engine.state.device, non_blocking=engine.non_blocking)
+                for key in (self.target_weak_key, self.target_strong_key)
+                if key in raw
+            }
+            missing = [k for k in (self.target_weak_key, self.target_strong_key) if k not in target]
+            if missing:
+                raise KeyError(
+                    f"target batch lacks {missing} (has {sorted(raw)}); the target transform must end with "
+                    "mito_monai.transforms.WeakStrongViewsd."
+                )
+
+        with self._autocast():
+            quantities: dict[str, torch.Tensor] = {"source_labels": targets}
+            logits, feats = self._forward(inputs, self._needs_source_features)
+            quantities["source_logits"] = logits
+            if feats is not None:
+                quantities["source_features"] = feats
+            engine.state.output[Keys.PRED] = logits
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            sup = engine.loss_function(logits, targets).mean()
+            total = sup
+            losses = {"loss_sup": sup.detach()}
+            if target is not None:
+                if self._needs_weak:
+                    with torch.no_grad():
+                        w_logits, w_feats = self._forward(target[self.target_weak_key], self._needs_target_features)
+                    quantities["target_logits_weak"] = w_logits.detach()
+                    quantities["target_pseudo_labels"] = w_logits.detach().argmax(dim=1, keepdim=True)
+                    if w_feats is not None:
+                        quantities["target_features_weak"] = w_feats.detach()
+                if self._needs_strong:
+                    s_logits, s_feats = self._forward(target[self.target_strong_key], self._needs_target_features)
+                    quantities["target_logits_strong"] = s_logits
+                    if s_feats is not None:
+                        quantities["target_features_strong"] = s_feats
+            for name, term in self.active_terms.items():
+                value = term(quantities)
+                weight = term.weight_at(step)
+                total = total + weight * value
+                losses[f"loss_{name}"] = value.detach()
+                engine.state.output[f"weight_{name}"] = weight
+        engine.state.output[Keys.LOSS] = total
+        engine.state.output.update(losses)
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+            engine.scaler.scale(total).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            total.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

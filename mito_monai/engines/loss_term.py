@@ -1,0 +1,85 @@
+"""A weighted, ramped-up loss term that names the trainer quantities it consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mito_monai.engines.schedules import sigmoid_rampup
+
+__all__ = ["LossTerm", "TERM_INPUTS"]
+
+#: every quantity a trainer can hand to a loss term, with its shape
+TERM_INPUTS: dict[str, str] = {
+    "source_logits": "(B, 2, H, W) logits of the labelled batch",
+    "source_features": "(B, C, H, W) last decoder features of the labelled batch",
+    "source_labels": "(B, 1, H, W) integer labels of the labelled batch",
+    "target_logits_weak": "(B, 2, H, W) logits of the weak target view (no gradient)",
+    "target_features_weak": "(B, C, H, W) features of the weak target view (no gradient)",
+    "target_logits_strong": "(B, 2, H, W) logits of the strong target view",
+    "target_features_strong": "(B, C, H, W) features of the strong target view",
+    "target_pseudo_labels": "(B, 1, H, W) argmax of the weak target logits",
+}
+
+
+class LossTerm(nn.Module):
+    """One term ``weight * rampup(t) * loss(*inputs)`` of a training objective.
+
+    Args:
+        loss: the loss module (e.g. ``mito_monai.losses.FeatureConsistencyLoss()``); called with the
+            trainer quantities named in ``inputs``, in that order, and must return a scalar.
+        weight: the term's weight (``lambda``). A weight of 0 switches the term off: the trainer
+            then does not compute it (nor the forward passes only it needs).
+        inputs: names from :data:`TERM_INPUTS`.
+        rampup_iterations: ``T`` of the sigmoid ramp-up ``exp(-5 (1 - min(t, T)/T)^2)``; 0 = no ramp.
+        enabled: a switch for configs (ablations); ``False`` is the same as ``weight=0``.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        weight: float,
+        inputs: Sequence[str],
+        rampup_iterations: int = 0,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__()
+        if not callable(loss):
+            raise TypeError(f"loss must be callable, got {type(loss).__name__}.")
+        if weight < 0:
+            raise ValueError(f"weight must be >= 0, got {weight}.")
+        if isinstance(inputs, str) or not inputs:
+            raise ValueError(f"inputs must be a non-empty list of names from {sorted(TERM_INPUTS)}, got {inputs!r}.")
+        unknown = [name for name in inputs if name not in TERM_INPUTS]
+        if unknown:
+            raise ValueError(f"unknown loss-term inputs {unknown}; expected names from {sorted(TERM_INPUTS)}.")
+        if rampup_iterations < 0:
+            raise ValueError(f"rampup_iterations must be >= 0, got {rampup_iterations}.")
+        self.loss = loss
+        self.weight = float(weight)
+        self.inputs = tuple(inputs)
+        self.rampup_iterations = int(rampup_iterations)
+        self.enabled = bool(enabled)
+
+    @property
+    def active(self) -> bool:
+        """Whether the term contributes at all."""
+        return self.enabled and self.weight > 0
+
+    def weight_at(self, iteration: int) -> float:
+        """The effective weight at ``iteration`` (0-based count of finished iterations)."""
+        if not self.active:
+            return 0.0
+        return self.weight * sigmoid_rampup(iteration, self.rampup_iterations)
+
+    def forward(self, quantities: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The unweighted loss value on the named ``quantities``."""
+        missing = [name for name in self.inputs if name not in quantities]
+        if missing:
+            raise KeyError(f"the trainer did not compute {missing} for this loss term.")
+        return self.loss(*(quantities[name] for name in self.inputs))
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, inputs={self.inputs}, rampup_iterations={self.rampup_iterations}, enabled={self.enabled}"

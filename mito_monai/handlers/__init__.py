@@ -1,0 +1,27 @@
+"""Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras."""
+
+from mito_monai.handlers.checkpoint import AtomicCheckpointSaver, atomic_torch_save, latest_checkpoint, load_checkpoint
+from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
+from mito_monai.handlers.report import (
+    EvaluationReport,
+    FinalEvaluation,
+    format_metrics_table,
+    report_metrics,
+    require_file,
+    scalar_metrics,
+)
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "EvaluationReport",
+    "FinalEvaluation",
+    "MLflowRunExtras",
+    "flatten_params",
+    "atomic_torch_save",
+    "format_metrics_table",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "report_metrics",
+    "require_file",
+    "scalar_metrics",
+]

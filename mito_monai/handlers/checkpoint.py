@@ -1,0 +1,139 @@
+"""Atomic checkpoints: periodic training state for resuming, and the final model weights."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = ["AtomicCheckpointSaver", "atomic_torch_save", "latest_checkpoint", "load_checkpoint"]
+
+_CKPT_RE = re.compile(r"^checkpoint_iteration=(\d+)\.pt$")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: a reader never sees a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> str | None:
+    """The path of the newest ``checkpoint_iteration=N.pt`` in ``directory`` (largest N), or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return str(max(found)[1]) if found else None
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint with ``weights_only=True`` and an error that names the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+
+
+def _backup_name(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(path.stat().st_mtime))
+    candidate = path.with_name(f"{path.stem}_{stamp}{path.suffix}")
+    i = 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{stamp}_{i}{path.suffix}")
+        i += 1
+    return candidate
+
+
+class AtomicCheckpointSaver:
+    """Save training state every ``save_interval`` epochs and the final weights, each atomically.
+
+    - ``checkpoint_iteration=N.pt`` holds ``{name: obj.state_dict()}`` for ``save_dict`` (typically
+      model, optimizer and the trainer, whose state holds epoch and iteration); the newest
+      ``n_saved`` are kept. Resume with ``monai.handlers.CheckpointLoader`` on
+      :func:`latest_checkpoint`.
+    - ``final_filename`` (e.g. ``model.pt``) holds the final network's ``state_dict`` alone, as the
+      MONAI model zoo expects. An existing file of that name is never overwritten silently: it is
+      renamed to ``<stem>_<its mtime>.pt`` first and the rename is logged.
+
+    Args:
+        save_dir: folder of the periodic checkpoints.
+        save_dict: name -> object with ``state_dict()`` to save periodically.
+        save_interval: epochs between periodic checkpoints (0 = none).
+        n_saved: how many periodic checkpoints to keep.
+        final_model: the network whose weights go into ``final_path`` when training completes.
+        final_path: where the final weights go (``None`` = not written).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        save_interval: int = 1,
+        n_saved: int = 1,
+        final_model: torch.nn.Module | None = None,
+        final_path: str | os.PathLike | None = None,
+    ) -> None:
+        if save_interval < 0:
+            raise ValueError(f"save_interval must be >= 0, got {save_interval}.")
+        if n_saved < 1:
+            raise ValueError(f"n_saved must be >= 1, got {n_saved}.")
+        if final_path is not None and final_model is None:
+            raise ValueError("final_path needs final_model.")
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.save_interval = save_interval
+        self.n_saved = n_saved
+        self.final_model = final_model
+        self.final_path = Path(final_path) if final_path is not None else None
+        self.logger = logging.getLogger(__name__)
+
+    def attach(self, engine: Engine) -> None:
+        if self.save_interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save_state)
+        if self.final_path is not None:
+            engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def save_state(self, engine: Engine) -> Path:
+        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        path = atomic_torch_save(state, self.save_dir / f"checkpoint_iteration={engine.state.iteration}.pt")
+        found = sorted(
+            (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _CKPT_RE.match(p.name))
+        )
+        for _, old in found[: -self.n_saved]:
+            old.unlink(missing_ok=True)
+        self.logger.info(f"saved training state to {path}")
+        return path
+
+    def save_final(self, engine: Engine) -> Path:
+        assert self.final_path is not None and self.final_model is not None
+        if self.final_path.exists():
+            backup = _backup_name(self.final_path)
+            os.replace(self.final_path, backup)
+            self.logger.warning(f"kept the previous {self.final_path.name} as {backup}")
+        model = getattr(self.final_model, "module", self.final_model)  # unwrap DDP
+        path = atomic_torch_save(model.state_dict(), self.final_path)
+        self.logger.info(f"saved final model weights to {path}")
+        return path

@@ -1,0 +1,221 @@
+"""DomainAdaptationTrainer, loss terms, ramp-ups, atomic checkpoints and resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from mito_monai.engines import DomainAdaptationTrainer, LossTerm, cycle, method_terms, sigmoid_rampup, supervised_domain
+from mito_monai.handlers import AtomicCheckpointSaver, latest_checkpoint, load_checkpoint
+
+
+class TinyNet(nn.Module):
+    """1 -> 4 features -> 2 logits; ``return_features`` like MitoUNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x, return_features: bool = False):
+        f = torch.tanh(self.body(x))
+        logits = self.head(f)
+        return (logits, f) if return_features else logits
+
+
+class Slices(Dataset):
+    def __init__(self, n: int, labelled: bool = True, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.rand(n, 1, 8, 8, generator=g)
+        self.labelled = labelled
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        if self.labelled:
+            return {"image": x, "label": (x > 0.5).long()}
+        return {"image_weak": x, "image_strong": x.flip(-1)}
+
+
+class CountingLoader:
+    """Wraps a DataLoader and counts how often it was iterated over."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.loader)
+
+
+class Recorder(nn.Module):
+    """A loss that records what it received and returns mean squared difference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def forward(self, strong, weak):
+        self.calls.append((strong.requires_grad, weak.requires_grad, strong.shape))
+        return ((strong - weak) ** 2).mean()
+
+
+def _trainer(terms=None, target=None, epochs=1, epoch_length=3, handlers=None, net=None, shuffle=False):
+    torch.manual_seed(0)
+    net = net or TinyNet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    src = DataLoader(Slices(4), batch_size=2, shuffle=shuffle)
+    return DomainAdaptationTrainer(
+        device="cpu",
+        max_epochs=epochs,
+        epoch_length=epoch_length,
+        train_data_loader=src,
+        network=net,
+        optimizer=opt,
+        loss_function=lambda logits, y: nn.functional.cross_entropy(logits, y[:, 0]),
+        target_data_loader=target,
+        terms=terms,
+        train_handlers=handlers,
+    )
+
+
+def test_sigmoid_rampup_values():
+    assert sigmoid_rampup(0, 0) == 1.0
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-5 * 0.25))
+    assert sigmoid_rampup(100, 100) == 1.0 and sigmoid_rampup(10**6, 100) == 1.0
+    with pytest.raises(ValueError, match="rampup_iterations"):
+        sigmoid_rampup(1, -1)
+
+
+def test_methods():
+    assert method_terms("NoAdapt") == () and method_terms("oracle") == ()
+    assert method_terms("baseline") == ("cf", "reg")
+    assert set(method_terms("r4mito")) == {"cf", "reg", "pro", "corr", "rank"}
+    assert supervised_domain("oracle") == "target" and supervised_domain("r4mito") == "source"
+    with pytest.raises(ValueError, match="unknown method 'cafa'.*baseline"):
+        method_terms("cafa")
+
+
+def test_loss_term_validation_and_weight():
+    term = LossTerm(Recorder(), weight=0.5, inputs=["target_features_strong", "target_features_weak"], rampup_iterations=10)
+    assert term.weight_at(10) == pytest.approx(0.5) and term.weight_at(0) == pytest.approx(0.5 * math.exp(-5))
+    assert not LossTerm(Recorder(), 0.0, ["target_logits_strong"]).active
+    assert not LossTerm(Recorder(), 1.0, ["target_logits_strong"], enabled=False).active
+    with pytest.raises(ValueError, match="unknown loss-term inputs"):
+        LossTerm(Recorder(), 1.0, ["features"])
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        LossTerm(Recorder(), -1.0, ["target_logits_strong"])
+
+
+def test_cycle_reiterates_without_caching():
+    loader = CountingLoader([1, 2])
+    it = cycle(loader)
+    assert [next(it) for _ in range(5)] == [1, 2, 1, 2, 1]
+    assert loader.passes == 3
+    with pytest.raises(ValueError, match="yields no batch"):
+        next(cycle([]))
+
+
+def test_source_only_never_touches_target():
+    class Boom:
+        def __iter__(self):
+            raise AssertionError("target loader must not be used by a source-only run")
+
+    rec = Recorder()
+    off = LossTerm(rec, 0.0, ["target_features_strong", "target_features_weak"])
+    trainer = _trainer(terms={"cf": off}, target=Boom())
+    trainer.run()
+    out = trainer.state.output
+    assert trainer.state.iteration == 3 and rec.calls == []
+    assert torch.allclose(out["loss"], out["loss_sup"]) and "loss_cf" not in out
+
+
+def test_active_term_total_gradients_and_cycling():
+    rec = Recorder()
+    term = LossTerm(rec, 0.25, ["target_features_strong", "target_features_weak"])
+    target = CountingLoader(DataLoader(Slices(2, labelled=False, seed=1), batch_size=2))
+    trainer = _trainer(terms={"cf": term}, target=target, epoch_length=5)
+    trainer.run()
+    out = trainer.state.output
+    assert len(rec.calls) == 5 and target.passes == 5  # one batch per pass: re-iterated every step
+    # strong view carries gradient, weak view does not
+    assert all(s and not w for s, w, _ in rec.calls)
+    assert rec.calls[0][2] == (2, 4, 8, 8)
+    assert torch.allclose(out["loss"], out["loss_sup"] + 0.25 * out["loss_cf"])
+    assert out["weight_cf"] == 0.25
+
+
+def test_missing_target_loader_is_an_error():
+    term = LossTerm(Recorder(), 1.0, ["target_features_strong", "target_features_weak"])
+    with pytest.raises(ValueError, match="no target_data_loader"):
+        _trainer(terms={"cf": term}, target=None)
+
+
+def test_missing_view_key_is_explained():
+    class Unpaired(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {"image": torch.rand(1, 8, 8)}
+
+    term = LossTerm(Recorder(), 1.0, ["target_features_strong", "target_features_weak"])
+    trainer = _trainer(terms={"cf": term}, target=DataLoader(Unpaired(), batch_size=2))
+    with pytest.raises(KeyError, match="WeakStrongViewsd"):
+        trainer.run()
+
+
+def test_atomic_checkpoint_resume_matches_uninterrupted(tmp_path):
+    # uninterrupted: 2 epochs x 2 iterations (epoch = one pass over the loader, so data order is reproducible)
+    full = _trainer(epochs=2, epoch_length=2)
+    full.run()
+    reference = {k: v.clone() for k, v in full.network.state_dict().items()}
+
+    # interrupted after epoch 1, then resumed from the checkpoint in a fresh process-like setup
+    first = _trainer(epochs=1, epoch_length=2)
+    saver = AtomicCheckpointSaver(
+        tmp_path, {"model": first.network, "optimizer": first.optimizer, "trainer": first},
+        final_model=first.network, final_path=tmp_path / "model.pt",
+    )
+    saver.attach(first)
+    first.run()
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.endswith("checkpoint_iteration=2.pt")
+    assert not list(tmp_path.glob("*.tmp"))
+
+    from monai.handlers import CheckpointLoader
+
+    second = _trainer(epochs=2, epoch_length=2)
+    CheckpointLoader(ckpt, {"model": second.network, "optimizer": second.optimizer, "trainer": second}).attach(second)
+    second.run()
+    assert second.state.iteration == 4
+    for k, v in second.network.state_dict().items():
+        assert torch.allclose(v, reference[k], atol=1e-6), k
+
+
+def test_final_model_is_not_overwritten_silently(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"previous weights")
+    trainer = _trainer(epochs=1)
+    AtomicCheckpointSaver(tmp_path, {}, save_interval=0, final_model=trainer.network, final_path=tmp_path / "model.pt").attach(trainer)
+    trainer.run()
+    backups = [p for p in tmp_path.glob("model_*.pt")]
+    assert len(backups) == 1 and backups[0].read_bytes() == b"previous weights"
+    state = load_checkpoint(tmp_path / "model.pt")
+    assert set(state) == set(trainer.network.state_dict())
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt is not a readable PyTorch checkpoint"):
+        load_checkpoint(bad)
