@@ -182,7 +182,7 @@ def test_atomic_checkpoint_resume_matches_uninterrupted(tmp_path):
     # interrupted after epoch 1, then resumed from the checkpoint in a fresh process-like setup
     first = _trainer(epochs=1, epoch_length=2)
     saver = AtomicCheckpointSaver(
-        tmp_path, {"model": first.network, "optimizer": first.optimizer, "trainer": first},
+        tmp_path, {"model": first.network, "optimizer": first.optimizer},
         final_model=first.network, final_path=tmp_path / "model.pt",
     )
     saver.attach(first)
@@ -219,3 +219,27 @@ def test_load_checkpoint_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="bad.pt is not a readable PyTorch checkpoint"):
         load_checkpoint(bad)
+
+
+def test_terms_sharing_a_loss_module_call_it_once_per_iteration():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, strong, weak):
+            self.calls += 1
+            d = (strong - weak) ** 2
+            return d.mean(), 2 * d.mean()
+
+    pair = Pair()
+    inputs = ["target_features_strong", "target_features_weak"]
+    terms = {"a": LossTerm(pair, 1.0, inputs, output=0), "b": LossTerm(pair, 0.5, inputs, output=1)}
+    trainer = _trainer(terms=terms, target=DataLoader(Slices(2, labelled=False), batch_size=2), epoch_length=3)
+    trainer.run()
+    out = trainer.state.output
+    assert pair.calls == 3
+    assert torch.allclose(out["loss_b"], 2 * out["loss_a"])
+    assert torch.allclose(out["loss"], out["loss_sup"] + out["loss_a"] + 0.5 * out["loss_b"])
+    with pytest.raises(ValueError, match="output must be None or an index"):
+        LossTerm(pair, 1.0, inputs, output=-1)

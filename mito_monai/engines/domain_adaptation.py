@@ -180,8 +180,9 @@ class DomainAdaptationTrainer(SupervisedTrainer):
                     quantities["target_logits_strong"] = s_logits
                     if s_feats is not None:
                         quantities["target_features_strong"] = s_feats
+            memo: dict = {}
             for name, term in self.active_terms.items():
-                value = term(quantities)
+                value = term(quantities, memo)
                 weight = term.weight_at(step)
                 total = total + weight * value
                 losses[f"loss_{name}"] = value.detach()

@@ -35,6 +35,10 @@ class LossTerm(nn.Module):
         inputs: names from :data:`TERM_INPUTS`.
         rampup_iterations: ``T`` of the sigmoid ramp-up ``exp(-5 (1 - min(t, T)/T)^2)``; 0 = no ramp.
         enabled: a switch for configs (ablations); ``False`` is the same as ``weight=0``.
+        output: for a loss that returns several values (a tuple, e.g.
+            ``mito_monai.losses.AgentRelationLoss`` -> ``(L_corr, L_rank)``), the index of this term's
+            value. Terms that share one loss module instance and the same inputs share one call per
+            iteration (see ``forward``'s ``memo``), so the common work is done once.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class LossTerm(nn.Module):
         inputs: Sequence[str],
         rampup_iterations: int = 0,
         enabled: bool = True,
+        output: int | None = None,
     ) -> None:
         super().__init__()
         if not callable(loss):
@@ -62,6 +67,9 @@ class LossTerm(nn.Module):
         self.inputs = tuple(inputs)
         self.rampup_iterations = int(rampup_iterations)
         self.enabled = bool(enabled)
+        if output is not None and (isinstance(output, bool) or not isinstance(output, int) or output < 0):
+            raise ValueError(f"output must be None or an index >= 0, got {output!r}.")
+        self.output = output
 
     @property
     def active(self) -> bool:
@@ -74,12 +82,35 @@ class LossTerm(nn.Module):
             return 0.0
         return self.weight * sigmoid_rampup(iteration, self.rampup_iterations)
 
-    def forward(self, quantities: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The unweighted loss value on the named ``quantities``."""
+    def forward(self, quantities: dict[str, torch.Tensor], memo: dict | None = None) -> torch.Tensor:
+        """The unweighted loss value on the named ``quantities``.
+
+        Args:
+            quantities: name -> tensor, as computed by the trainer this iteration.
+            memo: a dict the trainer renews every iteration; the loss module's result is kept in it
+                under (module, inputs), so another term using the same module and inputs reuses it.
+        """
         missing = [name for name in self.inputs if name not in quantities]
         if missing:
             raise KeyError(f"the trainer did not compute {missing} for this loss term.")
-        return self.loss(*(quantities[name] for name in self.inputs))
+        key = (id(self.loss), self.inputs)
+        if memo is not None and key in memo:
+            value = memo[key]
+        else:
+            value = self.loss(*(quantities[name] for name in self.inputs))
+            if memo is not None:
+                memo[key] = value
+        if self.output is not None:
+            if not isinstance(value, (tuple, list)) or self.output >= len(value):
+                raise ValueError(
+                    f"output={self.output} selects from a tuple, but {type(self.loss).__name__} returned "
+                    f"{type(value).__name__}{'' if not isinstance(value, (tuple, list)) else f' of {len(value)}'}."
+                )
+            value = value[self.output]
+        return value
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, inputs={self.inputs}, rampup_iterations={self.rampup_iterations}, enabled={self.enabled}"
+        return (
+            f"weight={self.weight}, inputs={self.inputs}, rampup_iterations={self.rampup_iterations}, "
+            f"enabled={self.enabled}, output={self.output}"
+        )

@@ -1,6 +1,12 @@
 """Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras."""
 
-from mito_monai.handlers.checkpoint import AtomicCheckpointSaver, atomic_torch_save, latest_checkpoint, load_checkpoint
+from mito_monai.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    atomic_torch_save,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_training,
+)
 from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
 from mito_monai.handlers.report import (
     EvaluationReport,
@@ -23,5 +29,6 @@ __all__ = [
     "load_checkpoint",
     "report_metrics",
     "require_file",
+    "resume_training",
     "scalar_metrics",
 ]

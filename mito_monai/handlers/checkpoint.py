@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["AtomicCheckpointSaver", "atomic_torch_save", "latest_checkpoint", "load_checkpoint"]
+__all__ = ["AtomicCheckpointSaver", "atomic_torch_save", "latest_checkpoint", "load_checkpoint", "resume_training"]
 
 _CKPT_RE = re.compile(r"^checkpoint_iteration=(\d+)\.pt$")
 
@@ -85,6 +85,9 @@ class AtomicCheckpointSaver:
         n_saved: how many periodic checkpoints to keep.
         final_model: the network whose weights go into ``final_path`` when training completes.
         final_path: where the final weights go (``None`` = not written).
+        engine_key: name under which the engine this handler is attached to saves its own state
+            (epoch, iteration) next to ``save_dict``; ``None`` leaves it out. (A bundle config cannot
+            put the trainer into ``save_dict`` itself: the trainer already refers to its handlers.)
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class AtomicCheckpointSaver:
         n_saved: int = 1,
         final_model: torch.nn.Module | None = None,
         final_path: str | os.PathLike | None = None,
+        engine_key: str | None = "trainer",
     ) -> None:
         if save_interval < 0:
             raise ValueError(f"save_interval must be >= 0, got {save_interval}.")
@@ -108,9 +112,12 @@ class AtomicCheckpointSaver:
         self.n_saved = n_saved
         self.final_model = final_model
         self.final_path = Path(final_path) if final_path is not None else None
+        self.engine_key = engine_key
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
+        if self.engine_key is not None:
+            self.save_dict.setdefault(self.engine_key, engine)
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save_state)
         if self.final_path is not None:
@@ -137,3 +144,34 @@ class AtomicCheckpointSaver:
         path = atomic_torch_save(model.state_dict(), self.final_path)
         self.logger.info(f"saved final model weights to {path}")
         return path
+
+
+def resume_training(
+    trainer: Engine,
+    ckpt_dir: str | os.PathLike,
+    load_dict: Mapping[str, Any],
+    map_location: Any = None,
+    engine_key: str | None = "trainer",
+) -> str:
+    """Attach a ``monai.handlers.CheckpointLoader`` for the newest checkpoint in ``ckpt_dir`` to ``trainer``.
+
+    The trainer's state (epoch, iteration; saved under ``engine_key``) is restored with the objects
+    of ``load_dict`` (model, optimizer), so the run continues to the configured total. Raises ``FileNotFoundError`` naming ``ckpt_dir`` when there is
+    nothing to resume from.
+
+    Returns:
+        the checkpoint path that will be loaded.
+    """
+    from monai.handlers import CheckpointLoader
+
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise FileNotFoundError(
+            f"nothing to resume: no checkpoint_iteration=N.pt in {ckpt_dir} (train once without --resume first)."
+        )
+    load_dict = dict(load_dict)
+    if engine_key is not None:
+        load_dict.setdefault(engine_key, trainer)
+    CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(trainer)
+    logging.getLogger(__name__).info(f"resuming from {path}")
+    return path

@@ -124,7 +124,6 @@ def report_metrics(
     values = scalar_metrics(metrics)
     table = format_metrics_table(values, title=title)
     print(table, flush=True)
-    logging.getLogger(__name__).info("\n" + table)
     if output_path is not None:
         output_path = Path(output_path)
         output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""Loss terms of the mitochondria adaptation methods, one MONAI-style loss per concept.
+
+R4MITO (DESIGN section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
+``PrototypePseudoLabelLoss`` (L_pro), ``AgentCorrelationConsistencyLoss`` (L_corr),
+``AgentRankConsistencyLoss`` (L_rank) and ``AgentRelationLoss`` (L_corr and L_rank sharing one agent step).
+"""
+
+from .agents import (
+    AGENT_STRATEGIES,
+    AgentCorrelationConsistencyLoss,
+    AgentRankConsistencyLoss,
+    AgentRelationLoss,
+    AgentRelations,
+    agent_correlation,
+    agent_relations,
+    correlation_consistency,
+    gather_agents,
+    log_plackett_luce,
+    plackett_luce,
+    rank_consistency,
+    select_agents,
+)
+from .consistency import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
+from .prototype import PrototypePseudoLabelLoss, class_prototypes, cosine_similarity_map
+
+__all__ = [
+    "AGENT_STRATEGIES",
+    "AgentCorrelationConsistencyLoss",
+    "AgentRankConsistencyLoss",
+    "AgentRelationLoss",
+    "AgentRelations",
+    "FeatureConsistencyLoss",
+    "PrototypePseudoLabelLoss",
+    "PseudoLabelConsistencyLoss",
+    "agent_correlation",
+    "agent_relations",
+    "class_prototypes",
+    "correlation_consistency",
+    "cosine_similarity_map",
+    "gather_agents",
+    "log_plackett_luce",
+    "plackett_luce",
+    "rank_consistency",
+    "select_agents",
+]

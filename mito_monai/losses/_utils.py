@@ -1,0 +1,77 @@
+# Copyright (c) mito-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Small helpers shared by the loss modules (not part of the public API)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.utils import LossReduction
+
+
+def no_autocast(device: torch.device) -> torch.autocast:
+    """A context that switches autocast off on ``device``, so the loss maths runs in float32."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def reduce_loss(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Apply a MONAI ``LossReduction`` (``"mean"``, ``"sum"`` or ``"none"``) to per-element loss values."""
+    if reduction == LossReduction.MEAN.value:
+        return values.mean()
+    if reduction == LossReduction.SUM.value:
+        return values.sum()
+    if reduction == LossReduction.NONE.value:
+        return values
+    raise ValueError(f'unsupported reduction {reduction!r}, available options are ["mean", "sum", "none"].')
+
+
+def check_feature_map(name: str, features: torch.Tensor) -> None:
+    """Raise when ``features`` is not a floating (B, C, *spatial) tensor with 1 to 3 spatial dims."""
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}.")
+    if features.dim() not in (3, 4, 5):
+        raise ValueError(
+            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims, got {tuple(features.shape)}."
+        )
+    if not features.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor, got dtype {features.dtype}.")
+
+
+def labels_to_index(labels: torch.Tensor, features: torch.Tensor, name: str = "labels") -> torch.Tensor:
+    """
+    Bring integer class labels to the spatial shape of ``features`` as a (B, *spatial) long tensor.
+
+    ``labels`` is (B, 1, *spatial) or (B, *spatial); floating labels holding class indices (MONAI's usual
+    float label tensors) are rounded. A spatial size different from the features' is resized with nearest
+    neighbour interpolation. Negative or out-of-range values pass through unchanged (callers ignore them).
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}.")
+    if labels.dim() == features.dim():
+        if labels.shape[1] != 1:
+            raise ValueError(
+                f"{name} with a channel axis must have one channel (B, 1, *spatial), got shape {tuple(labels.shape)}."
+            )
+    elif labels.dim() == features.dim() - 1:
+        labels = labels.unsqueeze(1)
+    else:
+        raise ValueError(
+            f"{name} must have shape (B, 1, *spatial) or (B, *spatial) matching features {tuple(features.shape)}, "
+            f"got {tuple(labels.shape)}."
+        )
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"{name} batch size {labels.shape[0]} does not match the features' {features.shape[0]}.")
+    spatial = tuple(features.shape[2:])
+    if tuple(labels.shape[2:]) != spatial:
+        labels = F.interpolate(labels.float(), size=spatial, mode="nearest")
+    if labels.is_floating_point():
+        labels = labels.round()
+    return labels[:, 0].long()

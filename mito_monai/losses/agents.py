@@ -1,0 +1,545 @@
+# Copyright (c) mito-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Agents, agent-level correlations and their consistency terms (R4MITO's ``L_corr`` and ``L_rank``).
+
+DESIGN sections 3.3 and 3.4. The pipeline shared by both terms is :func:`agent_relations`:
+average-pool both views' feature maps by ``pool_stride``, select ``K`` agents on the weak view
+(:func:`select_agents`), take every view's own features at those positions (:func:`gather_agents`) and
+compute each pixel's agent-level correlation ``c_i = softmax_k(F_i . a_k / T)`` (:func:`agent_correlation`).
+``L_corr`` compares the correlations with a KL divergence; ``L_rank`` compares Plackett-Luce distributions
+over the orderings of each pixel's top agents (:func:`plackett_luce`). Use :class:`AgentRelationLoss` (or
+:func:`agent_relations` with :func:`correlation_consistency` and :func:`rank_consistency`) when both terms
+are needed, so that the agents are selected once.
+
+All maths runs in float32 with autocast switched off, whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
+
+from ._utils import check_feature_map, no_autocast, reduce_loss
+
+__all__ = [
+    "AGENT_STRATEGIES",
+    "AgentCorrelationConsistencyLoss",
+    "AgentRankConsistencyLoss",
+    "AgentRelationLoss",
+    "AgentRelations",
+    "agent_correlation",
+    "agent_relations",
+    "correlation_consistency",
+    "gather_agents",
+    "log_plackett_luce",
+    "plackett_luce",
+    "rank_consistency",
+    "select_agents",
+]
+
+AGENT_STRATEGIES = ("orthogonal", "random", "all")
+# largest ranking length for which the k! orderings are enumerated (8! = 40320 orderings per pixel)
+MAX_RANK_LENGTH = 8
+# pixels whose feature norm is at most this fraction of the largest norm in their map count as "zero" vectors
+_DEGENERATE_NORM = 1e-6
+
+
+def _flatten(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, *spatial) -> (B, N, C) float32 view/copy with N = prod(spatial)."""
+    return features.float().flatten(2).transpose(1, 2)
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _check_temperature(temperature: float) -> None:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
+
+
+@torch.no_grad()
+def _orthogonal_indices(features: torch.Tensor, num_agents: int) -> torch.Tensor:
+    """Greedy most-orthogonal selection on a (B, C, *spatial) map -> (B, num_agents) flat pixel indices."""
+    flat = features.detach().float().flatten(2)  # (B, C, N): (B, 1, C) @ (B, C, N) is a fast batched product
+    batch = flat.shape[0]
+    norms = flat.norm(dim=1)  # (B, N)
+    unit = (flat / norms.clamp_min(torch.finfo(flat.dtype).tiny).unsqueeze(1)).contiguous()
+    rows = torch.arange(batch, device=flat.device)
+    # running[b, i] = largest |cos| between pixel i and the agents chosen so far. Zero vectors (e.g. dead ReLU
+    # pixels) carry no direction and would look perfectly orthogonal: they start at 2 (> any |cos|) so they
+    # are only taken once every other pixel is; chosen pixels are set to +inf.
+    degenerate = norms <= _DEGENERATE_NORM * norms.amax(dim=1, keepdim=True)
+    running = torch.where(degenerate, torch.full_like(norms, 2.0), torch.zeros_like(norms))
+    indices = torch.empty(batch, num_agents, dtype=torch.long, device=flat.device)
+    current = norms.argmax(dim=1)  # first agent: the pixel with the largest feature norm (first one on ties)
+    for j in range(num_agents):
+        if j > 0:
+            current = running.argmin(dim=1)  # first index among ties
+        indices[:, j] = current
+        if j == num_agents - 1:
+            break
+        agent = unit[rows, :, current]  # (B, C)
+        cosine = torch.bmm(agent.unsqueeze(1), unit).squeeze(1).abs()  # (B, N)
+        running = torch.maximum(running, cosine)
+        running[rows, current] = float("inf")
+    return indices
+
+
+def select_agents(
+    features: torch.Tensor,
+    num_agents: int,
+    strategy: str = "orthogonal",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Select K agents (representative pixels) per image of a feature map.
+
+    Strategies:
+
+    - ``"orthogonal"`` (default, R4MITO's "TopK" row of Table 5, RankMatch's lineage): L2-normalise the
+      features; the first agent is the pixel with the largest feature norm (the first such pixel on ties);
+      then repeatedly add the pixel whose largest |cosine| to the agents already chosen is smallest (the
+      first such pixel on ties). Vectorised over the batch: K iterations of an O(N C) update of a running
+      "largest |cos|" vector. Pixels with a (near) zero feature vector are taken last.
+    - ``"random"``: K distinct pixels drawn uniformly (``generator`` makes it reproducible).
+    - ``"all"``: every pixel, in raster order; ``num_agents`` is ignored. The correlation tensor is then
+      (B, N, N): use it on small (pooled) maps only.
+
+    With fewer pixels than agents, K is the number of pixels (every pixel becomes an agent).
+
+    Args:
+        features: (B, C, *spatial) feature map, normally the weak view's; selection never builds a graph.
+        num_agents: number of agents K wanted.
+        strategy: one of ``"orthogonal"``, ``"random"``, ``"all"``.
+        generator: optional ``torch.Generator`` for ``"random"`` (its device is used to draw the numbers).
+
+    Returns:
+        ``(agents, indices)``: agents (B, K, C), the feature vectors at the chosen pixels gathered from
+        ``features`` (same dtype, differentiable if ``features`` is), and indices (B, K) long, flat indices
+        into the spatial positions (row-major).
+    """
+    check_feature_map("features", features)
+    _check_positive_int("num_agents", num_agents)
+    if strategy not in AGENT_STRATEGIES:
+        raise ValueError(f"strategy must be one of {AGENT_STRATEGIES}, got {strategy!r}.")
+    batch = features.shape[0]
+    num_pixels = math.prod(features.shape[2:])
+    k = min(num_agents, num_pixels)
+    if strategy == "all":
+        indices = torch.arange(num_pixels, device=features.device).expand(batch, num_pixels).contiguous()
+    elif strategy == "random":
+        draw_device = generator.device if generator is not None else features.device
+        noise = torch.rand(batch, num_pixels, generator=generator, device=draw_device)
+        indices = noise.topk(k, dim=1).indices.to(features.device)
+    else:
+        with no_autocast(features.device):
+            indices = _orthogonal_indices(features, k)
+    return gather_agents(features, indices), indices
+
+
+def gather_agents(features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """
+    Feature vectors of ``features`` at flat pixel ``indices`` (e.g. the strong view at the weak view's agents).
+
+    Args:
+        features: (B, C, *spatial).
+        indices: (B, K) long flat spatial indices, as returned by :func:`select_agents`.
+
+    Returns:
+        (B, K, C), same dtype as ``features``, differentiable with respect to it.
+    """
+    check_feature_map("features", features)
+    if indices.dim() != 2 or indices.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"indices must have shape (B, K) with B = {features.shape[0]}, got {tuple(indices.shape)}."
+        )
+    flat = features.flatten(2)  # (B, C, N)
+    gathered = flat.gather(2, indices.long().unsqueeze(1).expand(-1, flat.shape[1], -1))
+    return gathered.transpose(1, 2)
+
+
+def agent_correlation(
+    features: torch.Tensor, agents: torch.Tensor, temperature: float = 1.0, log: bool = False
+) -> torch.Tensor:
+    """
+    Agent-level correlation of every pixel: ``c_i = softmax_k(F_i . a_k / T)`` (raw dot products, RankMatch).
+
+    Args:
+        features: (B, C, *spatial).
+        agents: (B, K, C).
+        temperature: T > 0.
+        log: return ``log c`` (a log-softmax, exact even where ``c`` underflows) instead of ``c``.
+
+    Returns:
+        (B, N, K) float32 with N = prod(spatial) in row-major order; sums to 1 over K (``log=False``).
+    """
+    check_feature_map("features", features)
+    _check_temperature(temperature)
+    if agents.dim() != 3 or agents.shape[0] != features.shape[0] or agents.shape[2] != features.shape[1]:
+        raise ValueError(
+            f"agents must have shape (B, K, C) = ({features.shape[0]}, K, {features.shape[1]}), "
+            f"got {tuple(agents.shape)}."
+        )
+    with no_autocast(features.device):
+        logits = torch.bmm(_flatten(features), agents.float().transpose(1, 2))  # (B, N, K)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return torch.log_softmax(logits, dim=2) if log else torch.softmax(logits, dim=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _plackett_luce_tables(k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Tables for the k! orderings of range(k), in ``itertools.permutations`` order, built once per (k, device).
+
+    Returns ``(subset_log_mask, suffix_counts)``: subset_log_mask (2^k - 1, k) is 0 where item i belongs to the
+    non-empty subset s (bit i of s + 1) and -inf elsewhere; suffix_counts (2^k - 1, k!) is 1 where subset s is
+    one of the suffix sets {pi(j), ..., pi(k - 1)} of ordering pi.
+    """
+    num_subsets = 2**k - 1
+    bits = torch.arange(1, num_subsets + 1).unsqueeze(1).bitwise_right_shift(torch.arange(k)).bitwise_and(1)
+    subset_log_mask = torch.zeros(num_subsets, k).masked_fill(bits == 0, float("-inf"))
+    perms = list(itertools.permutations(range(k)))
+    suffix_counts = torch.zeros(num_subsets, len(perms))
+    for column, perm in enumerate(perms):
+        for j in range(k):
+            suffix_counts[sum(1 << item for item in perm[j:]) - 1, column] = 1.0
+    return subset_log_mask.to(device), suffix_counts.to(device)
+
+
+def log_plackett_luce(scores: torch.Tensor, log_input: bool = False) -> torch.Tensor:
+    """
+    Log Plackett-Luce probabilities of all orderings of the last axis (R4MITO eq. 12).
+
+    ``log P(pi | c) = sum_j [log c_pi(j) - log sum_{j' >= j} c_pi(j')]``. Every ordering uses every score once,
+    so the first part is the same for all orderings, and the second is a sum of log-sum-exps over the
+    ordering's suffix sets. These are computed once per subset of the k items (2^k - 1 of them, with
+    ``logsumexp``, so underflowing scores stay exact) and summed per ordering with one matrix product against
+    a table of the orderings' suffix sets, enumerated once per k and device. Float32 throughout.
+
+    Args:
+        scores: (..., k) non-negative scores ``c`` (values below float32's smallest normal number are treated
+            as that number), or log-scores when ``log_input`` is True (e.g. log-softmax values: the
+            Plackett-Luce model only depends on score ratios, so log-correlations can be used directly).
+        log_input: whether ``scores`` are log-scores (finite).
+
+    Returns:
+        (..., k!) float32 log-probabilities, orderings in ``itertools.permutations(range(k))`` order.
+    """
+    if not isinstance(scores, torch.Tensor) or scores.dim() < 1:
+        raise ValueError("scores must be a tensor with at least one dimension (..., k).")
+    k = scores.shape[-1]
+    if not 1 <= k <= MAX_RANK_LENGTH:
+        raise ValueError(f"the ranked axis must have 1 to {MAX_RANK_LENGTH} entries (k! orderings), got k = {k}.")
+    with no_autocast(scores.device):
+        values = scores.float()
+        if not log_input:
+            values = values.clamp_min(torch.finfo(torch.float32).tiny).log()
+        # shift so the largest log-score is 0 (the model is invariant to it): smaller magnitudes, less cancellation
+        values = values - values.detach().amax(dim=-1, keepdim=True)
+        subset_log_mask, suffix_counts = _plackett_luce_tables(k, scores.device)
+        subset_lse = torch.logsumexp(values.unsqueeze(-2) + subset_log_mask, dim=-1)  # (..., 2^k - 1)
+        return values.sum(-1, keepdim=True) - subset_lse @ suffix_counts
+
+
+def plackett_luce(scores: torch.Tensor, log_input: bool = False) -> torch.Tensor:
+    """
+    Plackett-Luce probabilities of all k! orderings of the last axis (R4MITO eq. 12-13).
+
+    ``P(pi | c) = prod_j c_pi(j) / sum_{j' >= j} c_pi(j')``; for three agents (a, b, c) and pi = (a, b, c):
+    ``c_a / (c_a + c_b + c_c) * c_b / (c_b + c_c) * c_c / c_c`` (eq. 13). The k! values of each entry sum to 1.
+
+    Args:
+        scores: (..., k) positive scores (see :func:`log_plackett_luce`), any float dtype; computed in float32.
+        log_input: whether ``scores`` are log-scores.
+
+    Returns:
+        (..., k!) float32 probabilities, orderings in ``itertools.permutations(range(k))`` order.
+    """
+    return log_plackett_luce(scores, log_input=log_input).exp()
+
+
+def _avg_pool(features: torch.Tensor, stride: int) -> torch.Tensor:
+    """Average-pool with kernel = stride; edge windows that do not fit are averaged over their valid part."""
+    if stride == 1:
+        return features
+    # a map smaller than the stride along an axis is pooled to a single pixel along it
+    window = tuple(min(stride, size) for size in features.shape[2:])
+    pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[features.dim() - 3]
+    return pool(features, kernel_size=window, stride=window, ceil_mode=True)
+
+
+class AgentRelations(NamedTuple):
+    """
+    What :func:`agent_relations` computes once for both agent terms.
+
+    Attributes:
+        log_corr_strong: (B, N, K) float32 log agent-level correlations of the strong view (with gradient).
+        log_corr_weak: (B, N, K) float32 log agent-level correlations of the weak view (detached).
+        indices: (B, K) flat positions of the agents on the pooled map.
+        spatial_shape: the pooled spatial shape, N = prod(spatial_shape).
+    """
+
+    log_corr_strong: torch.Tensor
+    log_corr_weak: torch.Tensor
+    indices: torch.Tensor
+    spatial_shape: tuple[int, ...]
+
+
+def agent_relations(
+    features_strong: torch.Tensor,
+    features_weak: torch.Tensor,
+    num_agents: int = 128,
+    strategy: str = "orthogonal",
+    temperature: float = 1.0,
+    pool_stride: int = 4,
+    generator: torch.Generator | None = None,
+) -> AgentRelations:
+    """
+    Shared step of ``L_corr`` and ``L_rank``: pool, select agents on the weak view, correlate both views.
+
+    1. Average-pool both maps with kernel = stride = ``pool_stride`` (1: no pooling; DESIGN 3.3 item 4); a
+       spatial size not divisible by the stride keeps its edge, averaged over the part of the window inside.
+    2. Select agents on the detached weak map (:func:`select_agents`).
+    3. Agents of the strong view are the strong view's own features at the same positions; gradient flows
+       through them and through the strong pixels. The weak view is detached throughout.
+    4. Log agent-level correlations of both views (:func:`agent_correlation` with ``log=True``).
+
+    Args:
+        features_strong: (B, C, *spatial) features of the strongly augmented view.
+        features_weak: features of the weakly augmented view, same shape.
+        num_agents: K (fewer when the pooled map has fewer pixels).
+        strategy: agent selection, see :func:`select_agents`.
+        temperature: T of the correlation softmax.
+        pool_stride: average-pooling stride applied to both maps first.
+        generator: optional generator for the ``"random"`` strategy.
+    """
+    check_feature_map("features_strong", features_strong)
+    check_feature_map("features_weak", features_weak)
+    if features_strong.shape != features_weak.shape:
+        raise ValueError(
+            f"features_strong {tuple(features_strong.shape)} and features_weak {tuple(features_weak.shape)} "
+            "must have the same shape."
+        )
+    _check_positive_int("pool_stride", pool_stride)
+    with no_autocast(features_strong.device):
+        strong = _avg_pool(features_strong.float(), pool_stride)
+        weak = _avg_pool(features_weak.detach().float(), pool_stride)
+        weak_agents, indices = select_agents(weak, num_agents, strategy, generator)
+        strong_agents = gather_agents(strong, indices)
+        log_weak = agent_correlation(weak, weak_agents, temperature, log=True)
+        log_strong = agent_correlation(strong, strong_agents, temperature, log=True)
+    return AgentRelations(log_strong, log_weak, indices, tuple(strong.shape[2:]))
+
+
+def _per_pixel(values: torch.Tensor, relations: AgentRelations, reduction: str) -> torch.Tensor:
+    """Reduce (B, N) per-pixel values; ``"none"`` gives them the pooled spatial shape (B, *spatial)."""
+    if reduction == LossReduction.NONE.value:
+        return values.reshape(values.shape[0], *relations.spatial_shape)
+    return reduce_loss(values, reduction)
+
+
+def correlation_consistency(relations: AgentRelations, reduction: LossReduction | str = "mean") -> torch.Tensor:
+    """
+    ``L_corr = KL(c^aug || c^Aug)`` summed over the K agents, per pixel (DESIGN 3.3 item 3).
+
+    Args:
+        relations: output of :func:`agent_relations`.
+        reduction: ``"mean"`` over pixels and batch, ``"sum"``, or ``"none"`` for (B, *pooled spatial).
+    """
+    reduction = LossReduction(reduction).value
+    with no_autocast(relations.log_corr_strong.device):
+        kl = F.kl_div(relations.log_corr_strong, relations.log_corr_weak, reduction="none", log_target=True)
+        return _per_pixel(kl.sum(-1), relations, reduction)
+
+
+def rank_consistency(
+    relations: AgentRelations, topk: int = 4, reduction: LossReduction | str = "mean"
+) -> torch.Tensor:
+    """
+    ``L_rank = KL(P(.|c^aug) || P(.|c^Aug))`` over the orderings of each pixel's top agents (DESIGN 3.4).
+
+    The ``topk`` agents are those with the largest weak correlation (fewer when there are fewer agents);
+    both views' correlations are gathered at these indices and turned into Plackett-Luce distributions
+    over the ``topk!`` orderings (from the log-correlations, so underflowing correlations stay exact).
+
+    Args:
+        relations: output of :func:`agent_relations`.
+        topk: number of top agents ranked per pixel, 1 to 8 (R4MITO: 4).
+        reduction: ``"mean"`` over pixels and batch, ``"sum"``, or ``"none"`` for (B, *pooled spatial).
+    """
+    _check_positive_int("topk", topk)
+    if topk > MAX_RANK_LENGTH:
+        raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
+    reduction = LossReduction(reduction).value
+    log_strong, log_weak = relations.log_corr_strong, relations.log_corr_weak
+    k = min(topk, log_weak.shape[-1])
+    with no_autocast(log_strong.device):
+        top = log_weak.topk(k, dim=-1).indices  # (B, N, k)
+        log_p_weak = log_plackett_luce(log_weak.gather(-1, top), log_input=True)
+        log_p_strong = log_plackett_luce(log_strong.gather(-1, top), log_input=True)
+        kl = F.kl_div(log_p_strong, log_p_weak, reduction="none", log_target=True)
+        return _per_pixel(kl.sum(-1), relations, reduction)
+
+
+class _AgentLoss(_Loss):
+    """Argument validation and the shared relation step of the agent losses."""
+
+    def __init__(
+        self,
+        num_agents: int,
+        strategy: str,
+        temperature: float,
+        pool_stride: int,
+        reduction: LossReduction | str,
+    ) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        _check_positive_int("num_agents", num_agents)
+        if strategy not in AGENT_STRATEGIES:
+            raise ValueError(f"strategy must be one of {AGENT_STRATEGIES}, got {strategy!r}.")
+        _check_temperature(temperature)
+        _check_positive_int("pool_stride", pool_stride)
+        self.num_agents = num_agents
+        self.strategy = strategy
+        self.temperature = float(temperature)
+        self.pool_stride = pool_stride
+
+    def relations(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> AgentRelations:
+        """:func:`agent_relations` with this loss's settings."""
+        return agent_relations(
+            features_strong, features_weak, self.num_agents, self.strategy, self.temperature, self.pool_stride
+        )
+
+
+class AgentCorrelationConsistencyLoss(_AgentLoss):
+    """
+    Correlation-wise consistency ``L_corr`` of R4MITO (DESIGN 3.3): KL(c^aug || c^Aug) of the agent-level
+    correlations, weak view detached, averaged over the (pooled) pixels.
+
+    Args:
+        num_agents: K agents selected on the weak view (R4MITO: 128).
+        strategy: agent selection, ``"orthogonal"``, ``"random"`` or ``"all"`` (see :func:`select_agents`).
+        temperature: T of ``softmax_k(F_i . a_k / T)`` (RankMatch/R4MITO: 1).
+        pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
+        reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
+    """
+
+    def __init__(
+        self,
+        num_agents: int = 128,
+        strategy: str = "orthogonal",
+        temperature: float = 1.0,
+        pool_stride: int = 4,
+        reduction: LossReduction | str = LossReduction.MEAN,
+    ) -> None:
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+
+    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features_strong: (B, C, *spatial) strong-view features (receive the gradient).
+            features_weak: weak-view features, same shape (detached).
+        """
+        return self.from_relations(self.relations(features_strong, features_weak))
+
+    def from_relations(self, relations: AgentRelations) -> torch.Tensor:
+        """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentRankConsistencyLoss`)."""
+        return correlation_consistency(relations, self.reduction)
+
+
+class AgentRankConsistencyLoss(_AgentLoss):
+    """
+    Rank-aware relationship consistency ``L_rank`` of R4MITO (DESIGN 3.4, paper eq. 12-14): per pixel, the
+    Plackett-Luce distributions over the orderings of the weak view's top-``topk`` agents, compared with
+    KL(P(.|c^aug) || P(.|c^Aug)), weak view detached, averaged over the (pooled) pixels.
+
+    Args:
+        num_agents: K agents selected on the weak view (R4MITO: 128).
+        topk: agents ranked per pixel, 1 to 8 (R4MITO: 4, i.e. 24 orderings).
+        strategy: agent selection, ``"orthogonal"``, ``"random"`` or ``"all"`` (see :func:`select_agents`).
+        temperature: T of the agent-level correlation softmax.
+        pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
+        reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
+    """
+
+    def __init__(
+        self,
+        num_agents: int = 128,
+        topk: int = 4,
+        strategy: str = "orthogonal",
+        temperature: float = 1.0,
+        pool_stride: int = 4,
+        reduction: LossReduction | str = LossReduction.MEAN,
+    ) -> None:
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+        _check_positive_int("topk", topk)
+        if topk > MAX_RANK_LENGTH:
+            raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
+        self.topk = topk
+
+    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features_strong: (B, C, *spatial) strong-view features (receive the gradient).
+            features_weak: weak-view features, same shape (detached).
+        """
+        return self.from_relations(self.relations(features_strong, features_weak))
+
+    def from_relations(self, relations: AgentRelations) -> torch.Tensor:
+        """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentCorrelationConsistencyLoss`)."""
+        return rank_consistency(relations, self.topk, self.reduction)
+
+
+class AgentRelationLoss(_AgentLoss):
+    """
+    ``L_corr`` and ``L_rank`` together, selecting the agents and computing the correlations once.
+
+    Returns the tuple ``(L_corr, L_rank)``; weight and sum them in the trainer. Arguments as in
+    :class:`AgentCorrelationConsistencyLoss` and :class:`AgentRankConsistencyLoss`.
+    """
+
+    def __init__(
+        self,
+        num_agents: int = 128,
+        topk: int = 4,
+        strategy: str = "orthogonal",
+        temperature: float = 1.0,
+        pool_stride: int = 4,
+        reduction: LossReduction | str = LossReduction.MEAN,
+    ) -> None:
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+        _check_positive_int("topk", topk)
+        if topk > MAX_RANK_LENGTH:
+            raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
+        self.topk = topk
+
+    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            features_strong: (B, C, *spatial) strong-view features (receive the gradient).
+            features_weak: weak-view features, same shape (detached).
+
+        Returns:
+            ``(L_corr, L_rank)``.
+        """
+        relations = self.relations(features_strong, features_weak)
+        corr = correlation_consistency(relations, self.reduction)
+        return corr, rank_consistency(relations, self.topk, self.reduction)

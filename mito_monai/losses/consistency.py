@@ -1,0 +1,108 @@
+# Copyright (c) mito-monai contributors
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#     http://www.apache.org/licenses/LICENSE-2.0
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Weak/strong view consistency terms of the CAFA-style baseline (R4MITO's ``L_cf`` and ``L_reg``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
+
+from ._utils import check_feature_map, no_autocast, reduce_loss
+
+__all__ = ["FeatureConsistencyLoss", "PseudoLabelConsistencyLoss"]
+
+
+class FeatureConsistencyLoss(_Loss):
+    """
+    Feature-level consistency ``L_cf = MSE(F(Aug x), stopgrad F(aug x))`` (R4MITO eq. 2, CAFA).
+
+    The weak view's features are the target and receive no gradient; only the strong view is trained.
+
+    Args:
+        reduction: {``"mean"``, ``"sum"``, ``"none"``}. ``"mean"`` averages the squared differences over every
+            element (``torch.nn.MSELoss``'s convention); ``"none"`` returns them with the input shape.
+    """
+
+    def __init__(self, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+
+    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            features_strong: features of the strongly augmented view, (B, C, *spatial).
+            features_weak: features of the weakly augmented view, same shape; detached here.
+
+        Returns:
+            scalar for ``"mean"``/``"sum"``, otherwise a (B, C, *spatial) float32 tensor.
+        """
+        check_feature_map("features_strong", features_strong)
+        check_feature_map("features_weak", features_weak)
+        if features_strong.shape != features_weak.shape:
+            raise ValueError(
+                f"features_strong {tuple(features_strong.shape)} and features_weak {tuple(features_weak.shape)} "
+                "must have the same shape."
+            )
+        with no_autocast(features_strong.device):
+            diff = features_strong.float() - features_weak.detach().float()
+            return reduce_loss(diff * diff, self.reduction)
+
+
+class PseudoLabelConsistencyLoss(_Loss):
+    """
+    Prediction-level consistency ``L_reg = CE(f(Aug x), argmax stopgrad f(aug x))`` (R4MITO eq. 2, CAFA).
+
+    The hard pseudo-label of every pixel is the argmax of the weak view's logits (no gradient). CAFA uses
+    no confidence threshold (``threshold=None``). With a threshold, pixels whose weak softmax confidence
+    is below it contribute zero; the ``"mean"`` reduction still divides by the number of all pixels
+    (FixMatch's convention), so the term shrinks while few pixels are confident.
+
+    Args:
+        threshold: optional confidence threshold in (0, 1]; a pixel counts when ``max softmax >= threshold``.
+        reduction: {``"mean"``, ``"sum"``, ``"none"``}; ``"none"`` returns the (B, *spatial) per-pixel losses.
+    """
+
+    def __init__(self, threshold: float | None = None, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+        super().__init__(reduction=LossReduction(reduction).value)
+        if threshold is not None:
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+                raise ValueError(f"threshold must be None or a number in (0, 1], got {threshold!r}.")
+            threshold = float(threshold)
+        self.threshold = threshold
+
+    def forward(self, logits_strong: torch.Tensor, logits_weak: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            logits_strong: logits of the strongly augmented view, (B, N, *spatial) with N >= 2 classes.
+            logits_weak: logits of the weakly augmented view, same shape; used only through its argmax
+                (and softmax confidence) and never receives gradient.
+
+        Returns:
+            scalar for ``"mean"``/``"sum"``, otherwise (B, *spatial) per-pixel losses.
+        """
+        check_feature_map("logits_strong", logits_strong)
+        check_feature_map("logits_weak", logits_weak)
+        if logits_strong.shape != logits_weak.shape:
+            raise ValueError(
+                f"logits_strong {tuple(logits_strong.shape)} and logits_weak {tuple(logits_weak.shape)} "
+                "must have the same shape."
+            )
+        if logits_strong.shape[1] < 2:
+            raise ValueError(f"expected logits with at least 2 class channels, got shape {tuple(logits_strong.shape)}.")
+        with no_autocast(logits_strong.device):
+            weak = logits_weak.detach().float()
+            pseudo = weak.argmax(dim=1)
+            per_pixel = F.cross_entropy(logits_strong.float(), pseudo, reduction="none")
+            if self.threshold is not None:
+                confidence = torch.softmax(weak, dim=1).amax(dim=1)
+                per_pixel = per_pixel * (confidence >= self.threshold).to(per_pixel.dtype)
+            return reduce_loss(per_pixel, self.reduction)

@@ -1,0 +1,31 @@
+"""The field's metrics (DESIGN.md section 5) as functions and as an ignite/MONAI metric.
+
+UDA convention (per slice, averaged): mAP, F1, MCC, IoU. SSL convention (whole volume): Dice, Jaccard.
+Calibration: ECE. See :mod:`mito_monai.metrics.segmentation` for the exact definitions and degenerate cases.
+"""
+
+from mito_monai.metrics.ignite_metrics import SegmentationMetrics, default_output_transform, from_logits_output
+from mito_monai.metrics.segmentation import (
+    CalibrationBins,
+    average_precision,
+    calibration_bins,
+    expected_calibration_error,
+    expected_calibration_error_from_bins,
+    segmentation_metrics,
+    ssl_metrics,
+    uda_metrics,
+)
+
+__all__ = [
+    "CalibrationBins",
+    "SegmentationMetrics",
+    "average_precision",
+    "calibration_bins",
+    "default_output_transform",
+    "expected_calibration_error",
+    "expected_calibration_error_from_bins",
+    "from_logits_output",
+    "segmentation_metrics",
+    "ssl_metrics",
+    "uda_metrics",
+]

@@ -1,0 +1,5 @@
+"""Network architectures of mito_monai."""
+
+from .mito_unet import MitoUNet
+
+__all__ = ["MitoUNet"]

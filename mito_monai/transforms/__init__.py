@@ -1,0 +1,28 @@
+"""MONAI dictionary transforms for 2D EM slices that MONAI lacks, and the pipelines the bundles use.
+
+Samples are dicts ``{"image": (1, H, W) float32, "label": (1, H, W)}``; everything geometric comes from MONAI.
+"""
+
+from mito_monai.transforms.intensity import (
+    NormalizePerSlice,
+    NormalizePerSliced,
+    RandBrightnessContrast,
+    RandBrightnessContrastd,
+    RandCoarseDropoutMean,
+    RandCoarseDropoutMeand,
+)
+from mito_monai.transforms.presets import eval_transforms, train_transforms
+from mito_monai.transforms.views import WeakStrongViewsd, strong_photometric_transform
+
+__all__ = [
+    "NormalizePerSlice",
+    "NormalizePerSliced",
+    "RandBrightnessContrast",
+    "RandBrightnessContrastd",
+    "RandCoarseDropoutMean",
+    "RandCoarseDropoutMeand",
+    "WeakStrongViewsd",
+    "eval_transforms",
+    "strong_photometric_transform",
+    "train_transforms",
+]

@@ -1,0 +1,108 @@
+"""Transform pipelines that the bundle configs call by name (``_target_``), built from MONAI's stock transforms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    Rand2DElasticd,
+    RandFlipd,
+    RandRotate90d,
+    RandSpatialCropd,
+    SpatialPadd,
+)
+from monai.utils import ensure_tuple
+
+from mito_monai.transforms.intensity import NormalizePerSliced, RandBrightnessContrastd
+from mito_monai.transforms.views import WeakStrongViewsd
+
+__all__ = ["eval_transforms", "train_transforms"]
+
+
+def _split_keys(keys: KeysCollection) -> tuple[str, tuple]:
+    keys = ensure_tuple(keys)
+    if len(keys) == 0:
+        raise ValueError("keys must name at least the image key.")
+    return keys[0], tuple(keys)
+
+
+def train_transforms(
+    keys: KeysCollection = ("image", "label"),
+    crop_size: Sequence[int] | int = (256, 256),
+    elastic: bool = False,
+    intensity: bool = True,
+    paired_views: bool = False,
+    strong_transform: Callable | None = None,
+    elastic_spacing: Sequence[float] | float = (32.0, 32.0),
+    elastic_magnitude: Sequence[float] = (1.0, 3.0),
+    elastic_prob: float = 0.5,
+) -> Compose:
+    """Training pipeline for 2D slice samples ``{"image": (1, H, W), "label": (1, H, W)}``.
+
+    ``keys[0]`` is the image, the other keys are labels (nearest-neighbour everywhere; they may be absent, e.g. for
+    unlabelled target data). Steps:
+
+    1. :class:`NormalizePerSliced` on the image (min-max to [0, 1]);
+    2. ``SpatialPadd`` (reflect) to at least ``crop_size``;
+    3. ``RandSpatialCropd(crop_size, random_size=False)``;
+    4. ``RandFlipd`` on each spatial axis (p = 0.5 each) and ``RandRotate90d`` (p = 0.75, k in {1, 2, 3}, so the four
+       rotations are equally likely);
+    5. if ``elastic``: ``Rand2DElasticd`` (image bilinear, labels nearest, reflection padding);
+    6. if ``intensity``: mild brightness/contrast on the image (p = 0.5, +-0.1 each);
+    7. ``EnsureTyped``;
+    8. if ``paired_views``: :class:`WeakStrongViewsd` adds ``image_weak`` (= the image) and ``image_strong``.
+
+    Args:
+        keys: image key followed by label keys.
+        crop_size: (H, W) of the random crop.
+        elastic: add the elastic deformation.
+        intensity: add the mild intensity jitter.
+        paired_views: end with :class:`WeakStrongViewsd` on the image.
+        strong_transform: strong view transform for ``paired_views`` (default
+            :func:`~mito_monai.transforms.strong_photometric_transform` on the image key).
+        elastic_spacing: control-point spacing of the elastic grid, pixels.
+        elastic_magnitude: range of the control-point displacement magnitude.
+        elastic_prob: probability of the elastic deformation.
+    """
+    image_key, all_keys = _split_keys(keys)
+    crop = ensure_tuple(crop_size)
+    crop = crop * 2 if len(crop) == 1 else crop
+    if len(crop) != 2 or any(int(c) != c or c < 1 for c in crop):
+        raise ValueError(f"crop_size must be a positive int or an (H, W) pair of positive ints, got {crop_size!r}.")
+    crop = tuple(int(c) for c in crop)
+    transforms: list[Callable] = [
+        NormalizePerSliced(image_key),
+        SpatialPadd(all_keys, spatial_size=crop, mode="reflect", allow_missing_keys=True),
+        RandSpatialCropd(all_keys, roi_size=crop, random_size=False, allow_missing_keys=True),
+        RandFlipd(all_keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+        RandFlipd(all_keys, prob=0.5, spatial_axis=1, allow_missing_keys=True),
+        RandRotate90d(all_keys, prob=0.75, max_k=3, spatial_axes=(0, 1), allow_missing_keys=True),
+    ]
+    if elastic:
+        transforms.append(
+            Rand2DElasticd(
+                all_keys,
+                spacing=elastic_spacing,
+                magnitude_range=tuple(elastic_magnitude),
+                prob=elastic_prob,
+                mode=["bilinear"] + ["nearest"] * (len(all_keys) - 1),
+                padding_mode="reflection",
+                allow_missing_keys=True,
+            )
+        )
+    if intensity:
+        transforms.append(RandBrightnessContrastd(image_key, prob=0.5, brightness=0.1, contrast=0.1))
+    transforms.append(EnsureTyped(all_keys, allow_missing_keys=True))
+    if paired_views:
+        transforms.append(WeakStrongViewsd(image_key, strong_transform=strong_transform))
+    return Compose(transforms)
+
+
+def eval_transforms(keys: KeysCollection = ("image", "label")) -> Compose:
+    """Evaluation pipeline: :class:`NormalizePerSliced` on ``keys[0]`` (the image), then ``EnsureTyped`` on all keys
+    (labels may be absent)."""
+    image_key, all_keys = _split_keys(keys)
+    return Compose([NormalizePerSliced(image_key), EnsureTyped(all_keys, allow_missing_keys=True)])

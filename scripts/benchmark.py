@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""Speed and memory benchmarks; prints one JSON object.
+
+Training: iterations/s of one DomainAdaptationTrainer step per method (the loss terms wired
+exactly as in ``bundles/r4mito/configs/train.json``), on synthetic in-memory batches so that data
+loading is not timed, and the ratio of each method to a plain supervised step.
+
+Inference: voxels/s of whole-stack segmentation (``StackSegmenter``) from a TIFF stack written to
+a temporary folder, and the peak memory of that process for two stack depths: peak memory must not
+grow with the number of slices.
+
+Examples::
+
+    python scripts/benchmark.py --device cpu --crop 128 --batch 2 --iterations 10
+    python scripts/benchmark.py --device cuda --crop 512 --batch 2 --iterations 50 --amp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_CONFIG = REPO / "bundles" / "r4mito" / "configs" / "train.json"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _terms(method: str, overrides: dict) -> dict:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    parser.update({"method": method, **overrides})
+    return parser.get_parsed_content("terms")
+
+
+def bench_train(method: str, args) -> dict:
+    from mito_monai.engines import DomainAdaptationTrainer
+    from mito_monai.networks.nets import MitoUNet
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    net = MitoUNet(channels=tuple(args.channels)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    h = w = args.crop
+    g = torch.Generator().manual_seed(0)
+    src = [
+        {"image": torch.rand(args.batch, 1, h, w, generator=g), "label": (torch.rand(args.batch, 1, h, w, generator=g) > 0.7).long()}
+    ]
+    tgt_img = torch.rand(args.batch, 1, h, w, generator=g)
+    tgt = [{"image_weak": tgt_img, "image_strong": (tgt_img + 0.05 * torch.randn_like(tgt_img)).clamp(0, 1)}]
+    terms = {} if method == "supervised" else _terms(method, {"agent_pool_stride": args.pool_stride})
+    for term in terms.values():
+        term.to(device)
+    from monai.losses import DiceCELoss
+
+    trainer = DomainAdaptationTrainer(
+        device=device,
+        max_epochs=1,
+        epoch_length=args.warmup + args.iterations,
+        train_data_loader=src * (args.warmup + args.iterations),
+        target_data_loader=tgt,
+        network=net,
+        optimizer=opt,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0),
+        terms=terms,
+        amp=args.amp,
+        amp_dtype=torch.bfloat16 if args.amp else torch.float16,
+    )
+    stamps: list[float] = []
+    from ignite.engine import Events
+
+    def _stamp(engine):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, _stamp)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.run()
+    timed = np.diff(stamps[args.warmup - 1 :]) if args.warmup > 0 else np.diff([stamps[0]] + stamps)
+    active = sorted(name for name, t in terms.items() if t.active)
+    out = {
+        "method": method,
+        "terms": active,
+        "iterations_timed": len(timed),
+        "iterations_per_s": float(1.0 / np.mean(timed)),
+        "seconds_per_iteration_median": float(np.median(timed)),
+    }
+    if device.type == "cuda":
+        out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def bench_inference(args, depth: int) -> dict:
+    """Run in a fresh process so that the peak RSS is this measurement's own."""
+    cmd = [sys.executable, __file__, "--_inference_depth", str(depth)] + _forward_args(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"inference benchmark failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _forward_args(args) -> list[str]:
+    return [
+        "--device", args.device, "--slice", str(args.slice), "--roi", str(args.roi),
+        "--channels", *map(str, args.channels), *(["--amp"] if args.amp else []),
+    ]
+
+
+def _inference_child(args) -> None:
+    import tifffile
+
+    from mito_monai.inference import StackSegmenter
+    from mito_monai.networks.nets import MitoUNet
+
+    depth = args._inference_depth
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Path(tmp) / "stack.tif"
+        rng = np.random.default_rng(0)
+        with tifffile.TiffWriter(stack, bigtiff=True) as tif:
+            for _ in range(depth):
+                tif.write(rng.integers(0, 256, (args.slice, args.slice), dtype=np.uint8), contiguous=True)
+        base = _peak_rss_mib()
+        seg = StackSegmenter(MitoUNet(channels=tuple(args.channels)), roi_size=(args.roi, args.roi), device=args.device, amp=args.amp)
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        seg.run(stack, Path(tmp) / "out", preview=False)
+        if torch.device(args.device).type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        out = {
+            "stack_shape": [depth, args.slice, args.slice],
+            "roi": [args.roi, args.roi],
+            "seconds": dt,
+            "voxels_per_s": depth * args.slice * args.slice / dt,
+            "peak_rss_mib": _peak_rss_mib(),
+            "rss_before_run_mib": base,
+        }
+        if torch.device(args.device).type == "cuda":
+            out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--crop", type=int, default=512, help="training crop (paper: 512)")
+    p.add_argument("--batch", type=int, default=2, help="training batch (paper: 2)")
+    p.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
+    p.add_argument("--methods", nargs="+", default=["supervised", "baseline", "r4mito"])
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--pool_stride", type=int, default=4, help="agent map stride of the correlation/rank terms")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--slice", type=int, default=1024, help="inference: slice size (Y = X)")
+    p.add_argument("--roi", type=int, default=512, help="inference: sliding-window size")
+    p.add_argument("--depths", type=int, nargs="+", default=[2, 8], help="inference: stack depths to compare")
+    p.add_argument("--skip_inference", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--_inference_depth", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args._inference_depth is not None:
+        _inference_child(args)
+        return
+    result = {
+        "device": str(args.device),
+        "device_name": torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "crop": args.crop,
+        "batch": args.batch,
+        "channels": args.channels,
+        "amp": args.amp,
+        "train": [bench_train(m, args) for m in args.methods],
+    }
+    sup = next((r for r in result["train"] if r["method"] == "supervised"), None)
+    base = next((r for r in result["train"] if r["method"] == "baseline"), None)
+    for r in result["train"]:
+        if sup:
+            r["time_vs_supervised"] = sup["iterations_per_s"] / r["iterations_per_s"]
+        if base:
+            r["time_vs_baseline"] = base["iterations_per_s"] / r["iterations_per_s"]
+    if not args.skip_inference:
+        result["inference"] = [bench_inference(args, d) for d in args.depths]
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
