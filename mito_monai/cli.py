@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["main", "dataset_info", "evaluate", "download", "make_demo"]
+__all__ = ["main", "compare", "dataset_info", "evaluate", "download", "make_demo"]
 
 
 def _print_json(obj: Any) -> None:
@@ -74,7 +74,32 @@ def make_demo(root: str | None = None, seed: int = 0) -> None:
     _print_json({"root": str(ensure_demo_data(root or default_demo_root(), seed=seed))})
 
 
+def compare(
+    experiment: str = "r4mito",
+    tracking_uri: str | None = None,
+    output: str | None = None,
+    columns: str = "mAP,F1,MCC,IoU,Dice,Jaccard,ECE",
+) -> None:
+    """Print one row per MLflow run of EXPERIMENT (method, seed, final metrics) as a Markdown table.
+
+    --tracking_uri: any MLflow tracking URI (default: the SQLite store that ``--tracking mlflow``
+    writes for the r4mito bundle, bundles/r4mito/eval/mlruns.db, or $MLFLOW_TRACKING_URI).
+    --output: also write the table to a file; ``.csv`` gives CSV (raw fractions), anything else Markdown.
+    """
+    from pathlib import Path
+
+    from mito_monai.tracking import collect_runs, format_runs
+
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if isinstance(columns, str) else list(columns)
+    rows = collect_runs(experiment, tracking_uri, columns=cols)
+    print(format_runs(rows, "markdown", columns=cols), end="")
+    if output:
+        fmt = "csv" if str(output).lower().endswith(".csv") else "markdown"
+        Path(output).write_text(format_runs(rows, fmt, columns=cols))
+
+
 COMMANDS = {
+    "compare": compare,
     "dataset-info": dataset_info,
     "evaluate": evaluate,
     "download": download,

@@ -80,7 +80,6 @@ class DomainAdaptationTrainer(SupervisedTrainer):
         amp: bool = False,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("decollate", False)
         super().__init__(
             device=device,
             max_epochs=max_epochs,

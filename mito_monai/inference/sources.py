@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mito_monai.data.errors import DataError
+from mito_monai.data.io import list_h5_datasets, list_image_files, read_volume, split_h5_path
+
 __all__ = ["SliceSource"]
 
 _TIFF = (".tif", ".tiff")
@@ -27,12 +30,8 @@ class SliceSource:
     """
 
     def __init__(self, path: str | os.PathLike, key: str | None = None) -> None:
-        from mito_monai.data.io import read_volume
-
-        text = str(path)
-        if key is None and ":" in Path(text).name and Path(text).name.split(":")[0].lower().endswith(_HDF5):
-            text, key = text.rsplit(":", 1)
-        self.path = Path(text)
+        path, key = split_h5_path(path, key)
+        self.path = Path(path)
         self.key = key
         self._close = None
         suffix = "".join(self.path.suffixes[-1:]).lower()
@@ -44,7 +43,8 @@ class SliceSource:
             shape = series.shape
             if len(shape) == 2:
                 shape = (1, *shape)
-            if len(shape) != 3:
+            if len(shape) != 3 or len(series.pages) != shape[0]:
+                # not one grey page per slice (e.g. samples-per-pixel > 1): let the reader decide
                 tif.close()
                 self._eager(read_volume(self.path))
             else:
@@ -56,16 +56,12 @@ class SliceSource:
         elif self.path.is_file() and suffix in _HDF5:
             import h5py
 
-            f = h5py.File(self.path, "r")
-            names: list[str] = []
-            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            names = list_h5_datasets(self.path)
             if key is None and len(names) == 1:
                 key = names[0]
-            if key not in f or not isinstance(f[key], h5py.Dataset):
-                f.close()
-                from mito_monai.data.errors import DataError
-
+            if key not in names:
                 raise DataError(f"{self.path}: no dataset {key!r}; datasets in the file: {names}.")
+            f = h5py.File(self.path, "r")
             ds = f[key]
             if ds.ndim == 2:
                 self.shape = (1, *ds.shape)
@@ -75,15 +71,11 @@ class SliceSource:
                 self._get = lambda z: np.asarray(ds[z])
             else:
                 f.close()
-                from mito_monai.data.errors import DataError
-
                 raise DataError(f"{self.path}:{key} has {ds.ndim} dimensions; expected a (Z, Y, X) stack.")
             self.dtype = np.dtype(ds.dtype)
             self.key = key
             self._close = f.close
         elif self.path.is_dir():
-            from mito_monai.data.io import list_image_files
-
             files = list_image_files(self.path)
             first = read_volume(files[0])
             self.shape = (len(files), *first.shape[1:])
@@ -93,8 +85,6 @@ class SliceSource:
             def get(z: int) -> np.ndarray:
                 s = read_volume(self._files[z])[0]
                 if s.shape != self.shape[1:]:
-                    from mito_monai.data.errors import DataError
-
                     raise DataError(
                         f"{self._files[z]} has shape {s.shape}, but {self._files[0]} has {self.shape[1:]}; "
                         "all slices of a stack must have the same shape."

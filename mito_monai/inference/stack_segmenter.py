@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -134,49 +135,44 @@ class StackSegmenter:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         suffix = OUTPUT_SUFFIXES[fmt]
-        written: dict[str, str] = {}
-        with SliceSource(input_path, key=key) as source:
+        prob_dtype = np.uint8 if fmt == "png" else np.float32
+        outputs = {"probabilities": prob_dtype} if save_probabilities else {}
+        if save_masks:
+            outputs["masks"] = np.uint8
+        with SliceSource(input_path, key=key) as source, ExitStack() as stack:
             shape = source.shape
-            writers = {}
-            prob_dtype = np.uint8 if fmt == "png" else np.float32
-            if save_probabilities:
-                writers["probabilities"] = open_volume_writer(
-                    output_dir / f"probabilities{suffix}", shape, prob_dtype, overwrite=overwrite
-                )
-            if save_masks:
-                writers["masks"] = open_volume_writer(output_dir / f"masks{suffix}", shape, np.uint8, overwrite=overwrite)
-            fg_voxels = 0
             middle = shape[0] // 2
+            preview_path = output_dir / f"preview_z{middle:04d}.png"
+            summary_path = output_dir / "summary.json"
+            for extra in ([preview_path] if preview else []) + [summary_path]:
+                if extra.exists() and not overwrite:
+                    raise FileExistsError(f"{extra} exists; pass overwrite=True (--overwrite true) to replace it.")
+            writers = {
+                name: stack.enter_context(open_volume_writer(output_dir / f"{name}{suffix}", shape, dtype, overwrite=overwrite))
+                for name, dtype in outputs.items()
+            }
+            fg_voxels = 0
             preview_pair = None
-            try:
-                for w in writers.values():
-                    w.__enter__()
-                for z in range(shape[0]):
-                    image = source[z]
-                    try:
-                        prob = self.predict_slice(image)
-                    except ValueError as e:
-                        raise ValueError(f"{input_path}, slice {z}: {e}") from e
-                    mask = (prob >= self.threshold).astype(np.uint8) * 255
-                    fg_voxels += int((mask > 0).sum())
-                    if "probabilities" in writers:
-                        p = np.round(prob * 255).astype(np.uint8) if prob_dtype == np.uint8 else prob
-                        writers["probabilities"].write_slice(z, p)
-                    if "masks" in writers:
-                        writers["masks"].write_slice(z, mask)
-                    if z == middle:
-                        preview_pair = (normalize_slice(image), mask > 0)
-                    if (z + 1) % max(1, shape[0] // 10) == 0 or z + 1 == shape[0]:
-                        self.logger.info(f"segmented slice {z + 1}/{shape[0]}")
-            except BaseException as exc:
-                for w in writers.values():
-                    w.__exit__(type(exc), exc, exc.__traceback__)
-                raise
-            for name, w in writers.items():
-                w.__exit__(None, None, None)
-                written[name] = str(w.path)
+            for z in range(shape[0]):
+                image = source[z]
+                try:
+                    prob = self.predict_slice(image)
+                except ValueError as e:
+                    raise ValueError(f"{input_path}, slice {z}: {e}") from e
+                mask = (prob >= self.threshold).astype(np.uint8) * 255
+                fg_voxels += int((mask > 0).sum())
+                if "probabilities" in writers:
+                    p = np.round(prob * 255).astype(np.uint8) if prob_dtype == np.uint8 else prob
+                    writers["probabilities"].write_slice(z, p)
+                if "masks" in writers:
+                    writers["masks"].write_slice(z, mask)
+                if z == middle:
+                    preview_pair = (normalize_slice(image), mask > 0)
+                if (z + 1) % max(1, shape[0] // 10) == 0 or z + 1 == shape[0]:
+                    self.logger.info(f"segmented slice {z + 1}/{shape[0]}")
+        written = {name: str(w.path) for name, w in writers.items()}
         if preview and preview_pair is not None:
-            written["preview"] = str(_write_preview(output_dir / f"preview_z{middle:04d}.png", *preview_pair, overwrite))
+            written["preview"] = str(_write_preview(preview_path, *preview_pair))
         summary = {
             "input": str(input_path),
             "shape": list(shape),
@@ -184,19 +180,16 @@ class StackSegmenter:
             "foreground_fraction": fg_voxels / float(np.prod(shape)),
             "outputs": dict(written),
         }
-        summary_path = output_dir / "summary.json"
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         written["summary"] = str(summary_path)
         return written
 
 
-def _write_preview(path: Path, image: np.ndarray, mask: np.ndarray, overwrite: bool) -> Path:
+def _write_preview(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     """Side-by-side PNG: the slice, and the slice with mitochondria tinted red and outlined."""
     from PIL import Image
     from scipy import ndimage
 
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     grey = np.round(image * 255).astype(np.uint8)
     rgb = np.stack([grey] * 3, axis=-1).astype(np.float32)
     tinted = rgb.copy()

@@ -1,0 +1,74 @@
+"""Compare training runs recorded in MLflow: one row per run, the papers' table layout."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["collect_runs", "default_tracking_uri", "format_runs"]
+
+UDA_COLUMNS = ("mAP", "F1", "MCC", "IoU")
+SSL_COLUMNS = ("Dice", "Jaccard", "ECE")
+
+
+def default_tracking_uri() -> str:
+    """The SQLite store ``--tracking mlflow`` writes for the r4mito bundle run from the repository root."""
+    return "sqlite:///" + str(Path("bundles/r4mito/eval/mlruns.db").resolve())
+
+
+
+def collect_runs(experiment: str, tracking_uri: str | None = None, columns: Sequence[str] = UDA_COLUMNS + SSL_COLUMNS) -> list[dict[str, Any]]:
+    """One dict per run of ``experiment``: run name, status, method, seed and the latest value of each metric.
+
+    The latest value is the final model's: the bundles score the final model last.
+    """
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise FileNotFoundError(f"no MLflow store at {uri}: train with --tracking mlflow first, or pass --tracking_uri.")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no experiment {experiment!r} in {uri}; experiments there: {names}.")
+    rows = []
+    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
+        params, metrics = run.data.params, run.data.metrics
+        row: dict[str, Any] = {
+            "run": run.info.run_name,
+            "status": run.info.status,
+            "method": params.get("method", ""),
+            "seed": params.get("seed", ""),
+        }
+        for c in columns:
+            row[c] = metrics.get(c, math.nan)
+        rows.append(row)
+    return rows
+
+
+def format_runs(rows: list[dict[str, Any]], fmt: str = "markdown", columns: Sequence[str] = UDA_COLUMNS + SSL_COLUMNS) -> str:
+    """Rows as a Markdown table (metrics in percent, one decimal as in the papers) or CSV (raw fractions)."""
+    head = ["run", "method", "seed", *columns]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=head + ["status"], extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    if fmt != "markdown":
+        raise ValueError(f"format must be 'markdown' or 'csv', got {fmt!r}.")
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else f"{100.0 * v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(h, "")) for h in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,191 @@
+"""End-to-end: the r4mito bundle trains, resumes, evaluates and segments, with tiny overrides.
+
+Also checks the bundle's metadata and network against MONAI's own verifiers, and that
+``--tracking mlflow`` records parameters, every loss term and the metrics (read back by
+``python -m mito_monai compare``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mito_monai.data import make_demo_data, read_volume
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "r4mito" / "configs"
+
+TINY = {
+    "channels": [4, 8, 16, 32],
+    "crop_size": [32, 32],
+    "batch_size": 2,
+    "epoch_length": 2,
+    "num_iterations": 4,
+    "val_interval": 1,
+    "log_interval": 1,
+    "infer_roi": [64, 64],
+    "num_agents": 8,
+    "agent_pool_stride": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    return make_demo_data(tmp_path_factory.mktemp("demo"), num_slices=3, size=128)
+
+
+def _run(workflow: str, config: str, **overrides):
+    from monai.bundle import run
+
+    return run(
+        workflow,
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,  # logging.conf streams to the sys.stdout of its time; pytest swaps it per test
+        **overrides,
+    )
+
+
+def _train(tmp: Path, demo: Path, **overrides):
+    # output_dir as an expression: MONAI's --tracking builds the executed-config artifact path by
+    # string concatenation onto the raw config value, which only works for an expression
+    args = {**TINY, "dataset_dir": str(demo), "ckpt_dir": str(tmp / "models"), "output_dir": f"$'{tmp / 'eval'}'"}
+    args.update(overrides)
+    _run("training", "train.json", **args)
+    return json.loads((tmp / "eval" / "final_metrics.json").read_text())
+
+
+def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    record = _train(tmp_path, demo, method="r4mito")
+    out = capsys.readouterr().out
+    assert "final model (r4mito)" in out and "IoU" in out
+    assert record["method"] == "r4mito" and record["iteration"] == 4
+    for key in ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE"):
+        assert 0.0 <= record["metrics"][key] <= 1.0
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_iteration=4.pt").is_file()
+
+    # resume: 2 more epochs from the checkpoint reach iteration 8, and the old model.pt is kept
+    record = _train(tmp_path, demo, method="r4mito", num_iterations=8, resume=True)
+    assert record["iteration"] == 8
+    assert (models / "checkpoint_iteration=8.pt").is_file()
+    assert len(list(models.glob("model_*.pt"))) == 1
+
+    # evaluate the final model on the demo target's test stack
+    _run(
+        "evaluate", "evaluate.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+        output_dir=str(tmp_path / "eval"), channels=TINY["channels"], infer_roi=TINY["infer_roi"],
+    )
+    evaluated = json.loads((tmp_path / "eval" / "evaluation_metrics.json").read_text())["metrics"]
+    assert evaluated["num_slices"] == 3
+
+    # segment the same stack with the same window settings: scoring the written probabilities must
+    # give the evaluator's figures
+    seg_dir = tmp_path / "segmentation"
+    _run(
+        "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+        output_dir=str(seg_dir), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
+    )
+    prob = read_volume(seg_dir / "probabilities.tif")
+    mask = read_volume(seg_dir / "masks.tif")
+    assert prob.shape == mask.shape == (3, 128, 128) and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    assert set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask > 0, prob >= 0.5)
+    assert (seg_dir / "summary.json").is_file() and list(seg_dir.glob("preview_z*.png"))
+
+    from mito_monai.data import load_split
+    from mito_monai.metrics import segmentation_metrics
+
+    _, label = load_split("lucchi_pp", demo / "target", "test")
+    rescored = segmentation_metrics(prob, label)
+    for key in ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard"):
+        assert rescored[key] == pytest.approx(evaluated[key], abs=2e-3), key
+
+    # inference never overwrites earlier outputs unless asked
+    before = (seg_dir / "probabilities.tif").read_bytes()
+    with pytest.raises(Exception) as err:
+        _run(
+            "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+            output_dir=str(seg_dir), channels=TINY["channels"], infer_roi=TINY["infer_roi"],
+        )
+    assert "overwrite" in str(err.value) + str(err.value.__cause__)
+    assert (seg_dir / "probabilities.tif").read_bytes() == before
+
+
+def test_resume_without_checkpoint_says_so(tmp_path, demo, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(Exception) as err:
+        _train(tmp_path, demo, method="noadapt", resume=True)
+    chain = [err.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    assert any("nothing to resume" in str(e) and str(tmp_path / "models") in str(e) for e in chain)
+
+
+def test_oracle_trains_on_target_labels_and_noadapt_ignores_target(tmp_path, demo, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO)
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({**TINY, "dataset_dir": str(demo), "method": "oracle"})
+    ds = parser.get_parsed_content("train#dataset")
+    assert ds.layout == "lucchi_pp" if hasattr(ds, "layout") else True
+    assert ds.image.shape == (3, 128, 128)
+    np.testing.assert_array_equal(ds.image, read_volume(demo / "target" / "Train_In"))
+    terms = parser.get_parsed_content("terms")
+    assert not any(t.active for t in terms.values())
+    parser.update({"method": "baseline", "use_rank": True})
+    parser.parse(reset=True)
+    active = sorted(k for k, t in parser.get_parsed_content("terms").items() if t.active)
+    assert active == ["cf", "rank", "reg"]
+
+
+def test_mlflow_tracking_and_compare(tmp_path, demo, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(REPO)
+    _train(tmp_path, demo, method="baseline", tracking="mlflow", experiment_name="tiny")
+    import mlflow
+
+    uri = "sqlite:///" + str(tmp_path / "eval" / "mlruns.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([exp.experiment_id])
+    params = run.data.params
+    assert params["method"] == "baseline" and params["terms.cf.weight"] == "0.1"
+    assert params["terms.rank.enabled"] == "False"
+    history = client.get_metric_history(run.info.run_id, "loss_cf")
+    assert len(history) == 4
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    assert "IoU" in run.data.metrics and "loss_reg" in run.data.metrics
+    assert client.list_artifacts(run.info.run_id)  # the executed config
+
+    from mito_monai.cli import main
+
+    capsys.readouterr()
+    main(["compare", "--experiment", "tiny", "--tracking_uri", uri, "--output", str(tmp_path / "table.csv")])
+    table = capsys.readouterr().out
+    assert "| run | method | seed | mAP |" in table and "| baseline | 0 |" in table
+    rows = (tmp_path / "table.csv").read_text().splitlines()
+    assert rows[0].startswith("run,method,seed,mAP") and len(rows) == 2
+
+
+def test_metadata_and_network_verify(monkeypatch):
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    monkeypatch.chdir(REPO)
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(REPO / "bundles" / "metadata_schema.json"))
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        n=2,
+        any=8,
+        device="cpu",
+        channels=[4, 8, 16, 32],
+    )

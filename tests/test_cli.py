@@ -1,0 +1,76 @@
+"""``python -m mito_monai``: dataset-info and evaluate print JSON; bad input is one clear line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from mito_monai.cli import main
+from mito_monai.data import make_demo_data, write_volume
+from mito_monai.metrics import segmentation_metrics
+
+
+def _json_out(capsys, argv):
+    capsys.readouterr()
+    main(argv)
+    return json.loads(capsys.readouterr().out)
+
+
+def test_dataset_info_on_demo(tmp_path, capsys):
+    root = make_demo_data(tmp_path / "demo", num_slices=3, size=64)
+    info = _json_out(capsys, ["dataset-info", "--name", "lucchi_pp", "--root", str(root / "target")])
+    assert set(info) == {"train", "test"}
+    assert info["train"]["image_shape"] == [3, 64, 64] and info["train"]["dtype"] == "uint8"
+    from mito_monai.data import load_split
+
+    _, label = load_split("lucchi_pp", root / "target", "train")
+    assert info["train"]["label_foreground_fraction"] == pytest.approx(label.mean())
+
+
+def test_evaluate_matches_the_metric_functions(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    label = (rng.random((3, 16, 16)) > 0.7).astype(np.uint8)
+    prob = np.clip(label * 0.6 + rng.random((3, 16, 16)) * 0.5, 0, 1).astype(np.float32)
+    label[1] = 0  # a slice without foreground is left out of mAP
+    write_volume(tmp_path / "prob.tif", prob)
+    write_volume(tmp_path / "labels", label * 255)  # PNG folder, {0, 255}
+    out = _json_out(capsys, ["evaluate", "--prediction", str(tmp_path / "prob.tif"), "--label", str(tmp_path / "labels")])
+    ref = segmentation_metrics(prob, label)
+    assert set(out) >= {"mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE"}
+    for key, value in ref.items():
+        assert out[key] == pytest.approx(value), key
+    assert out["num_slices_without_foreground"] == 1
+
+    # 8-bit probabilities are read as value / 255
+    write_volume(tmp_path / "prob8.tif", np.round(prob * 255).astype(np.uint8))
+    out8 = _json_out(capsys, ["evaluate", "--prediction", str(tmp_path / "prob8.tif"), "--label", str(tmp_path / "labels")])
+    assert out8["IoU"] == pytest.approx(segmentation_metrics(np.round(prob * 255) / 255, label)["IoU"])
+
+
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "p.tif", np.full((2, 8, 8), 2.0, np.float32))
+    tifffile.imwrite(tmp_path / "l.tif", np.zeros((2, 8, 9), np.uint8))
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--prediction", str(tmp_path / "p.tif"), "--label", str(tmp_path / "l.tif")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "p.tif" in err and "l.tif" in err and "[2, 8, 8]" in err
+    tifffile.imwrite(tmp_path / "l.tif", np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--prediction", str(tmp_path / "p.tif"), "--label", str(tmp_path / "l.tif")])
+    assert "expected foreground probabilities in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["dataset-info", "--name", "vnc3", "--root", str(tmp_path / "missing")])
+    assert "missing" in capsys.readouterr().err
+
+
+def test_module_entry_point_runs(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "mito_monai", "make-demo", "--root", str(tmp_path / "d")],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(res.stdout)["root"] == str(tmp_path / "d")
+    assert (tmp_path / "d" / "source" / "stack1" / "raw").is_dir()
