@@ -21,6 +21,7 @@ from .agents import (
     select_agents,
 )
 from .consistency import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
+from .dualrel import PrototypeDiversityLoss, ReliablePrototypeConsistencyLoss
 from .prototype import PrototypePseudoLabelLoss, class_prototypes, cosine_similarity_map
 
 __all__ = [
@@ -30,8 +31,10 @@ __all__ = [
     "AgentRelationLoss",
     "AgentRelations",
     "FeatureConsistencyLoss",
+    "PrototypeDiversityLoss",
     "PrototypePseudoLabelLoss",
     "PseudoLabelConsistencyLoss",
+    "ReliablePrototypeConsistencyLoss",
     "agent_correlation",
     "agent_relations",
     "class_prototypes",

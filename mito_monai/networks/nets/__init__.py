@@ -1,5 +1,6 @@
 """Network architectures of mito_monai."""
 
+from .dualrel import DualRelBranchOutput, DualRelNet, DualRelOutput
 from .mito_unet import MitoUNet
 
-__all__ = ["MitoUNet"]
+__all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput", "MitoUNet"]
