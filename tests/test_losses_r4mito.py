@@ -482,3 +482,19 @@ def test_autocast_reduced_precision(dtype):
     # the reduced-precision inputs give nearly the float32 values (the loss maths itself is float32)
     ref = AgentRelationLoss(num_agents=128, topk=4, pool_stride=2)(strong.float().detach(), weak.float().detach())
     assert torch.allclose(torch.stack(terms[5:]).detach(), torch.stack(ref), rtol=1e-5, atol=1e-6)
+
+
+def test_agent_losses_with_normalized_features_are_scale_invariant():
+    from mito_monai.losses import AgentRelationLoss
+
+    g = torch.Generator().manual_seed(3)
+    strong = torch.rand(2, 6, 8, 8, generator=g)
+    weak = torch.rand(2, 6, 8, 8, generator=g)
+    cosine = AgentRelationLoss(num_agents=5, topk=3, pool_stride=1, temperature=0.2, normalize=True)
+    raw = AgentRelationLoss(num_agents=5, topk=3, pool_stride=1, temperature=0.2)
+    for a, b in zip(cosine(strong, weak), cosine(3.0 * strong, 3.0 * weak)):
+        assert torch.allclose(a, b, atol=1e-5)
+    # raw dot products are not: scaling the features changes the correlations and so the losses
+    assert not torch.allclose(raw(strong, weak)[0], raw(3.0 * strong, 3.0 * weak)[0], atol=1e-3)
+    # identical views still give exactly zero
+    assert all(float(v) == 0.0 for v in cosine(weak, weak))

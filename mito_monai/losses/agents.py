@@ -312,6 +312,7 @@ def agent_relations(
     temperature: float = 1.0,
     pool_stride: int = 4,
     generator: torch.Generator | None = None,
+    normalize: bool = False,
 ) -> AgentRelations:
     """
     Shared step of ``L_corr`` and ``L_rank``: pool, select agents on the weak view, correlate both views.
@@ -331,6 +332,11 @@ def agent_relations(
         temperature: T of the correlation softmax.
         pool_stride: average-pooling stride applied to both maps first.
         generator: optional generator for the ``"random"`` strategy.
+        normalize: L2-normalise both pooled maps over channels first, so correlations are cosine
+            similarities divided by T. With raw dot products (False, RankMatch's definition) the
+            consistency can be met by shrinking the feature norms (both views' softmaxes become flat),
+            which on the demo domains squeezed the logits and sent every target probability below 0.5
+            (see docs/results.md); cosines remove that shortcut.
     """
     check_feature_map("features_strong", features_strong)
     check_feature_map("features_weak", features_weak)
@@ -343,6 +349,9 @@ def agent_relations(
     with no_autocast(features_strong.device):
         strong = _avg_pool(features_strong.float(), pool_stride)
         weak = _avg_pool(features_weak.detach().float(), pool_stride)
+        if normalize:
+            strong = torch.nn.functional.normalize(strong, dim=1)
+            weak = torch.nn.functional.normalize(weak, dim=1)
         weak_agents, indices = select_agents(weak, num_agents, strategy, generator)
         strong_agents = gather_agents(strong, indices)
         log_weak = agent_correlation(weak, weak_agents, temperature, log=True)
@@ -410,6 +419,7 @@ class _AgentLoss(_Loss):
         temperature: float,
         pool_stride: int,
         reduction: LossReduction | str,
+        normalize: bool = False,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         _check_positive_int("num_agents", num_agents)
@@ -421,11 +431,18 @@ class _AgentLoss(_Loss):
         self.strategy = strategy
         self.temperature = float(temperature)
         self.pool_stride = pool_stride
+        self.normalize = bool(normalize)
 
     def relations(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> AgentRelations:
         """:func:`agent_relations` with this loss's settings."""
         return agent_relations(
-            features_strong, features_weak, self.num_agents, self.strategy, self.temperature, self.pool_stride
+            features_strong,
+            features_weak,
+            self.num_agents,
+            self.strategy,
+            self.temperature,
+            self.pool_stride,
+            normalize=self.normalize,
         )
 
 
@@ -440,6 +457,8 @@ class AgentCorrelationConsistencyLoss(_AgentLoss):
         temperature: T of ``softmax_k(F_i . a_k / T)`` (RankMatch/R4MITO: 1).
         pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
         reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
+        normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
+            (see :func:`agent_relations`).
     """
 
     def __init__(
@@ -449,8 +468,9 @@ class AgentCorrelationConsistencyLoss(_AgentLoss):
         temperature: float = 1.0,
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
 
     def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
         """
@@ -478,6 +498,8 @@ class AgentRankConsistencyLoss(_AgentLoss):
         temperature: T of the agent-level correlation softmax.
         pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
         reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
+        normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
+            (see :func:`agent_relations`).
     """
 
     def __init__(
@@ -488,8 +510,9 @@ class AgentRankConsistencyLoss(_AgentLoss):
         temperature: float = 1.0,
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
         _check_positive_int("topk", topk)
         if topk > MAX_RANK_LENGTH:
             raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
@@ -524,8 +547,9 @@ class AgentRelationLoss(_AgentLoss):
         temperature: float = 1.0,
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
+        normalize: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
         _check_positive_int("topk", topk)
         if topk > MAX_RANK_LENGTH:
             raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
