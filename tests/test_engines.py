@@ -133,9 +133,9 @@ def test_source_only_never_touches_target():
     off = LossTerm(rec, 0.0, ["target_features_strong", "target_features_weak"])
     trainer = _trainer(terms={"cf": off}, target=Boom())
     trainer.run()
-    out = trainer.state.output
+    out = trainer.state.output[0]  # decollated (MONAI's default): one dict per batch item
     assert trainer.state.iteration == 3 and rec.calls == []
-    assert torch.allclose(out["loss"], out["loss_sup"]) and "loss_cf" not in out
+    assert out["loss"] == pytest.approx(out["loss_sup"]) and "loss_cf" not in out
 
 
 def test_active_term_total_gradients_and_cycling():
@@ -144,12 +144,12 @@ def test_active_term_total_gradients_and_cycling():
     target = CountingLoader(DataLoader(Slices(2, labelled=False, seed=1), batch_size=2))
     trainer = _trainer(terms={"cf": term}, target=target, epoch_length=5)
     trainer.run()
-    out = trainer.state.output
+    out = trainer.state.output[0]  # decollated (MONAI's default): one dict per batch item
     assert len(rec.calls) == 5 and target.passes == 5  # one batch per pass: re-iterated every step
     # strong view carries gradient, weak view does not
     assert all(s and not w for s, w, _ in rec.calls)
     assert rec.calls[0][2] == (2, 4, 8, 8)
-    assert torch.allclose(out["loss"], out["loss_sup"] + 0.25 * out["loss_cf"])
+    assert out["loss"] == pytest.approx(out["loss_sup"] + 0.25 * out["loss_cf"])
     assert out["weight_cf"] == 0.25
 
 
@@ -237,9 +237,9 @@ def test_terms_sharing_a_loss_module_call_it_once_per_iteration():
     terms = {"a": LossTerm(pair, 1.0, inputs, output=0), "b": LossTerm(pair, 0.5, inputs, output=1)}
     trainer = _trainer(terms=terms, target=DataLoader(Slices(2, labelled=False), batch_size=2), epoch_length=3)
     trainer.run()
-    out = trainer.state.output
+    out = trainer.state.output[0]  # decollated (MONAI's default): one dict per batch item
     assert pair.calls == 3
-    assert torch.allclose(out["loss_b"], 2 * out["loss_a"])
-    assert torch.allclose(out["loss"], out["loss_sup"] + out["loss_a"] + 0.5 * out["loss_b"])
+    assert out["loss_b"] == pytest.approx(2 * out["loss_a"])
+    assert out["loss"] == pytest.approx(out["loss_sup"] + out["loss_a"] + 0.5 * out["loss_b"])
     with pytest.raises(ValueError, match="output must be None or an index"):
         LossTerm(pair, 1.0, inputs, output=-1)
