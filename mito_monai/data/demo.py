@@ -38,6 +38,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from mito_monai.data.errors import DataError
+from mito_monai.data.io import _commit_dir
 
 __all__ = [
     "DEMO_VERSION",
@@ -433,13 +434,7 @@ def make_demo_data(
             image, label, _ = render_domain(TARGET_STYLE, np.random.default_rng(child), num_slices, size)
             _write_target_split(tmp / "target", split_in, split_out, image, label, rgba)
         (tmp / DEMO_MARKER).write_text(json.dumps(_params(seed, num_slices, size), indent=2, sort_keys=True) + "\n")
-        if root.exists():
-            old = root.parent / f".{root.name}.old-{uuid.uuid4().hex[:10]}"
-            os.replace(root, old)
-            os.replace(tmp, root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, root)
+        _commit_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

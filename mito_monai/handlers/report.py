@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import numbers
 import os
@@ -72,7 +71,6 @@ class FinalEvaluation:
         self.output_path = Path(output_path) if output_path is not None else None
         self.title = title
         self.extra = dict(extra or {})
-        self.logger = logging.getLogger(__name__)
         self.metrics: dict[str, float | int] = {}
 
     def attach(self, engine: Engine) -> None:

@@ -15,8 +15,11 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from torch import nn
 
 from mito_monai.inference.sources import SliceSource
+from mito_monai.transforms import NormalizePerSlice
 
 __all__ = ["StackSegmenter", "normalize_slice", "OUTPUT_SUFFIXES"]
+
+_NORMALIZE = NormalizePerSlice()
 
 #: output format name -> file suffix ("png" writes a folder of PNG slices)
 OUTPUT_SUFFIXES = {"tif": ".tif", "tiff": ".tif", "h5": ".h5", "hdf5": ".h5", "nii": ".nii.gz", "png": ""}
@@ -31,10 +34,7 @@ def normalize_slice(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if not np.isfinite(image).all():
         raise ValueError(f"slice has {int((~np.isfinite(image)).sum())} NaN/Inf pixels.")
-    lo, hi = float(image.min()), float(image.max())
-    if hi <= lo:
-        return np.zeros_like(image)
-    return (image - lo) / (hi - lo)
+    return np.asarray(_NORMALIZE(image), dtype=np.float32)
 
 
 class StackSegmenter:

@@ -45,6 +45,18 @@ def check_feature_map(name: str, features: torch.Tensor) -> None:
         raise TypeError(f"{name} must be a floating point tensor, got dtype {features.dtype}.")
 
 
+def check_feature_pair(
+    strong: torch.Tensor, weak: torch.Tensor, names: tuple[str, str] = ("features_strong", "features_weak")
+) -> None:
+    """:func:`check_feature_map` on both views, and raise when their shapes differ."""
+    check_feature_map(names[0], strong)
+    check_feature_map(names[1], weak)
+    if strong.shape != weak.shape:
+        raise ValueError(
+            f"{names[0]} {tuple(strong.shape)} and {names[1]} {tuple(weak.shape)} must have the same shape."
+        )
+
+
 def labels_to_index(labels: torch.Tensor, features: torch.Tensor, name: str = "labels") -> torch.Tensor:
     """
     Bring integer class labels to the spatial shape of ``features`` as a (B, *spatial) long tensor.

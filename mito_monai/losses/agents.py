@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from ._utils import check_feature_map, no_autocast, reduce_loss
+from ._utils import check_feature_map, check_feature_pair, no_autocast, reduce_loss
 
 __all__ = [
     "AGENT_STRATEGIES",
@@ -338,13 +338,7 @@ def agent_relations(
             which on the demo domains squeezed the logits and sent every target probability below 0.5
             (see docs/results.md); cosines remove that shortcut.
     """
-    check_feature_map("features_strong", features_strong)
-    check_feature_map("features_weak", features_weak)
-    if features_strong.shape != features_weak.shape:
-        raise ValueError(
-            f"features_strong {tuple(features_strong.shape)} and features_weak {tuple(features_weak.shape)} "
-            "must have the same shape."
-        )
+    check_feature_pair(features_strong, features_weak)
     _check_positive_int("pool_stride", pool_stride)
     with no_autocast(features_strong.device):
         strong = _avg_pool(features_strong.float(), pool_stride)

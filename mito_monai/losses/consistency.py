@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-from ._utils import check_feature_map, no_autocast, reduce_loss
+from ._utils import check_feature_pair, no_autocast, reduce_loss
 
 __all__ = ["FeatureConsistencyLoss", "PseudoLabelConsistencyLoss"]
 
@@ -45,13 +45,7 @@ class FeatureConsistencyLoss(_Loss):
         Returns:
             scalar for ``"mean"``/``"sum"``, otherwise a (B, C, *spatial) float32 tensor.
         """
-        check_feature_map("features_strong", features_strong)
-        check_feature_map("features_weak", features_weak)
-        if features_strong.shape != features_weak.shape:
-            raise ValueError(
-                f"features_strong {tuple(features_strong.shape)} and features_weak {tuple(features_weak.shape)} "
-                "must have the same shape."
-            )
+        check_feature_pair(features_strong, features_weak)
         with no_autocast(features_strong.device):
             diff = features_strong.float() - features_weak.detach().float()
             return reduce_loss(diff * diff, self.reduction)
@@ -89,13 +83,7 @@ class PseudoLabelConsistencyLoss(_Loss):
         Returns:
             scalar for ``"mean"``/``"sum"``, otherwise (B, *spatial) per-pixel losses.
         """
-        check_feature_map("logits_strong", logits_strong)
-        check_feature_map("logits_weak", logits_weak)
-        if logits_strong.shape != logits_weak.shape:
-            raise ValueError(
-                f"logits_strong {tuple(logits_strong.shape)} and logits_weak {tuple(logits_weak.shape)} "
-                "must have the same shape."
-            )
+        check_feature_pair(logits_strong, logits_weak, names=("logits_strong", "logits_weak"))
         if logits_strong.shape[1] < 2:
             raise ValueError(f"expected logits with at least 2 class channels, got shape {tuple(logits_strong.shape)}.")
         with no_autocast(logits_strong.device):
