@@ -26,6 +26,14 @@ from mito_monai.data.layouts import (
     load_split,
     split_files,
 )
+from mito_monai.data.partitions import (
+    PARTITIONS,
+    Partition,
+    labelled_count,
+    parse_partition,
+    partition_slices,
+    partition_split,
+)
 
 def __getattr__(name: str):
     # EMSliceDataset imports MONAI (and torch), which takes seconds: load it on first use so that
@@ -64,4 +72,10 @@ __all__ = [
     "make_demo_data",
     "ensure_demo_data",
     "default_demo_root",
+    "PARTITIONS",
+    "Partition",
+    "labelled_count",
+    "parse_partition",
+    "partition_slices",
+    "partition_split",
 ]

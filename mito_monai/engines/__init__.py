@@ -1,12 +1,27 @@
 """Ignite/MONAI training engines: one trainer per family of methods, methods as sets of loss terms."""
 
-from mito_monai.engines.domain_adaptation import DomainAdaptationTrainer, cycle
-from mito_monai.engines.loss_term import TERM_INPUTS, LossTerm
-from mito_monai.engines.methods import METHODS, UNSUPERVISED_TERMS, method_terms, supervised_domain
+from mito_monai.engines.domain_adaptation import DomainAdaptationTrainer
+from mito_monai.engines.two_loader import TwoLoaderTrainer, cycle
+from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, SEMI_SUPERVISED_INPUTS, TERM_INPUTS, LossTerm
+from mito_monai.engines.methods import (
+    METHODS,
+    SSL_METHODS,
+    SSL_TERMS,
+    UNSUPERVISED_TERMS,
+    method_terms,
+    supervised_domain,
+)
+from mito_monai.engines.semi_supervised import SemiSupervisedTrainer
 from mito_monai.engines.schedules import sigmoid_rampup
 
 __all__ = [
+    "DOMAIN_ADAPTATION_INPUTS",
     "DomainAdaptationTrainer",
+    "SEMI_SUPERVISED_INPUTS",
+    "SSL_METHODS",
+    "SSL_TERMS",
+    "SemiSupervisedTrainer",
+    "TwoLoaderTrainer",
     "LossTerm",
     "METHODS",
     "TERM_INPUTS",

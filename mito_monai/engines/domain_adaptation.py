@@ -2,36 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from mito_monai.engines.loss_term import LossTerm
+from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, LossTerm, check_term_inputs
+from mito_monai.engines.two_loader import TwoLoaderTrainer, cycle
 
 __all__ = ["DomainAdaptationTrainer", "cycle"]
 
 
-def cycle(loader: Iterable) -> Iterator:
-    """Yield batches of ``loader`` forever, re-iterating it (and so reshuffling) at each pass.
-
-    Unlike ``itertools.cycle`` nothing is cached: every pass draws fresh random crops.
-    """
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("the target data loader yields no batch; check the target dataset.")
-
-
-class DomainAdaptationTrainer(SupervisedTrainer):
+class DomainAdaptationTrainer(TwoLoaderTrainer):
     """MONAI ``SupervisedTrainer`` for unsupervised domain adaptation (source labelled, target not).
 
     Each iteration takes one batch of the labelled loader (``train_data_loader``: the source for
@@ -90,12 +75,15 @@ class DomainAdaptationTrainer(SupervisedTrainer):
             epoch_length=epoch_length,
             train_handlers=train_handlers,
             amp=amp,
+            second_data_loader=target_data_loader,
+            amp_dtype=amp_dtype,
             **kwargs,
         )
         terms = dict(terms or {})
         for name, term in terms.items():
             if not isinstance(term, LossTerm):
                 raise TypeError(f"term {name!r} must be a mito_monai.engines.LossTerm, got {type(term).__name__}.")
+        check_term_inputs(terms, DOMAIN_ADAPTATION_INPUTS, type(self).__name__)
         self.terms = nn.ModuleDict(terms)
         self.active_terms = {name: term for name, term in terms.items() if term.active}
         if self.active_terms and target_data_loader is None:
@@ -103,20 +91,13 @@ class DomainAdaptationTrainer(SupervisedTrainer):
                 f"terms {sorted(self.active_terms)} act on the target domain, but no target_data_loader was given."
             )
         self.target_data_loader = target_data_loader
-        self._target_iter: Iterator | None = None
         self.target_weak_key = target_weak_key
         self.target_strong_key = target_strong_key
-        self.amp_dtype = getattr(torch, amp_dtype) if isinstance(amp_dtype, str) else amp_dtype
         needed = {name for term in self.active_terms.values() for name in term.inputs}
         self._needs_source_features = "source_features" in needed
         self._needs_weak = bool(needed & {"target_logits_weak", "target_features_weak", "target_pseudo_labels"})
         self._needs_strong = bool(needed & {"target_logits_strong", "target_features_strong"})
         self._needs_target_features = bool(needed & {"target_features_weak", "target_features_strong"})
-
-    def _next_target_batch(self) -> dict:
-        if self._target_iter is None:
-            self._target_iter = cycle(self.target_data_loader)
-        return next(self._target_iter)
 
     def _forward(self, images: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         if features:
@@ -124,11 +105,6 @@ class DomainAdaptationTrainer(SupervisedTrainer):
             return logits, feats
         out = self.network(images)
         return (out[0] if isinstance(out, (tuple, list)) else out), None
-
-    def _autocast(self):
-        if not self.amp:
-            return nullcontext()
-        return torch.autocast(device_type=torch.device(self.state.device).type, dtype=self.amp_dtype)
 
     def _iteration(self, engine: DomainAdaptationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -142,7 +118,7 @@ class DomainAdaptationTrainer(SupervisedTrainer):
 
         target = None
         if self._needs_weak or self._needs_strong:
-            raw = self._next_target_batch()
+            raw = self._next_second_batch()
             target = {
                 key: raw[key].to(engine.state.device, non_blocking=engine.non_blocking)
                 for key in (self.target_weak_key, self.target_strong_key)
@@ -190,14 +166,6 @@ class DomainAdaptationTrainer(SupervisedTrainer):
         engine.state.output.update(losses)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
-        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
-            engine.scaler.scale(total).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            total.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        self._backward_and_step(engine, total)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

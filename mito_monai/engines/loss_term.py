@@ -9,10 +9,10 @@ from torch import nn
 
 from mito_monai.engines.schedules import sigmoid_rampup
 
-__all__ = ["LossTerm", "TERM_INPUTS"]
+__all__ = ["DOMAIN_ADAPTATION_INPUTS", "LossTerm", "SEMI_SUPERVISED_INPUTS", "TERM_INPUTS", "check_term_inputs"]
 
-#: every quantity a trainer can hand to a loss term, with its shape
-TERM_INPUTS: dict[str, str] = {
+#: the quantities :class:`~mito_monai.engines.DomainAdaptationTrainer` hands to loss terms, with their shapes
+DOMAIN_ADAPTATION_INPUTS: dict[str, str] = {
     "source_logits": "(B, 2, H, W) logits of the labelled batch",
     "source_features": "(B, C, H, W) last decoder features of the labelled batch",
     "source_labels": "(B, 1, H, W) integer labels of the labelled batch",
@@ -22,6 +22,28 @@ TERM_INPUTS: dict[str, str] = {
     "target_features_strong": "(B, C, H, W) features of the strong target view",
     "target_pseudo_labels": "(B, 1, H, W) argmax of the weak target logits",
 }
+
+#: the quantities :class:`~mito_monai.engines.SemiSupervisedTrainer` hands to loss terms, with their shapes
+#: (L labelled and U unlabelled images per iteration; "all" = the L labelled then the U unlabelled images;
+#: a ``_1`` suffix means the second branch of a two-branch network such as ``DualRelNet``)
+SEMI_SUPERVISED_INPUTS: dict[str, str] = {
+    "labels": "(L, 1, H, W) integer labels of the labelled batch",
+    "labelled_logits": "(L, 2, H, W) branch-0 logits of the labelled batch",
+    "labelled_logits_1": "(L, 2, H, W) branch-1 logits of the labelled batch",
+    "logits": "(L + U, 2, H, W) branch-0 logits of all images",
+    "logits_1": "(L + U, 2, H, W) branch-1 logits of all images",
+    "unlabelled_logits": "(U, 2, H, W) branch-0 logits of the unlabelled batch",
+    "unlabelled_logits_1": "(U, 2, H, W) branch-1 logits of the unlabelled batch",
+    "teacher_logits": "(U, 2, H, W) logits of the teacher (e.g. a Mean-Teacher EMA model) on the unlabelled batch, no gradient",
+    "prototypes": "(L + U, K, C) branch-0 prototypes of all images (DualRelNet)",
+    "prototypes_1": "(L + U, K, C) branch-1 prototypes of all images (DualRelNet)",
+    "mito_features": "(L + U, K, C) branch-0 mito features of all images (DualRelNet)",
+    "mito_features_1": "(L + U, K, C) branch-1 mito features of all images (DualRelNet)",
+    "reliability": "(L + U, K) prototype reliabilities of all images (DualRelNet)",
+}
+
+#: every quantity a trainer can hand to a loss term, with its shape
+TERM_INPUTS: dict[str, str] = {**DOMAIN_ADAPTATION_INPUTS, **SEMI_SUPERVISED_INPUTS}
 
 
 class LossTerm(nn.Module):
@@ -114,3 +136,14 @@ class LossTerm(nn.Module):
             f"weight={self.weight}, inputs={self.inputs}, rampup_iterations={self.rampup_iterations}, "
             f"enabled={self.enabled}, output={self.output}"
         )
+
+
+def check_term_inputs(terms: dict[str, LossTerm], available: dict[str, str], trainer: str) -> None:
+    """Raise a ValueError naming the term if an active term needs a quantity ``trainer`` does not compute."""
+    for name, term in terms.items():
+        unknown = [q for q in term.inputs if q not in available]
+        if term.active and unknown:
+            raise ValueError(
+                f"loss term {name!r} needs {unknown}, which {trainer} does not compute; "
+                f"it computes {sorted(available)}."
+            )

@@ -1,12 +1,13 @@
 """Method presets: which loss terms a method switches on.
 
-NoAdapt, Oracle, the CAFA-style baseline and R4MITO are one trainer with different terms
-(DESIGN.md section 2). ``sup`` is always on; the others act on the unlabelled target.
+NoAdapt, Oracle, the CAFA-style baseline and R4MITO are one trainer (``DomainAdaptationTrainer``) with
+different terms (DESIGN.md section 2); supervised-only, Mean Teacher, CPS and DualRel are another
+(``SemiSupervisedTrainer``). The branch-0 supervised term ``sup`` is always on and not listed.
 """
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "UNSUPERVISED_TERMS", "method_terms", "supervised_domain"]
+__all__ = ["METHODS", "SSL_METHODS", "SSL_TERMS", "UNSUPERVISED_TERMS", "method_terms", "supervised_domain"]
 
 #: the unsupervised terms, in the order the trainer computes them
 UNSUPERVISED_TERMS = ("cf", "reg", "pro", "corr", "rank")
@@ -19,19 +20,38 @@ METHODS: dict[str, tuple[str, ...]] = {
     "r4mito": ("cf", "reg", "pro", "corr", "rank"),
 }
 
+#: the semi-supervised terms: the second branch's supervised term, Mean-Teacher consistency, cross
+#: pseudo supervision, reliable prototype consistency and prototype diversity (of each branch)
+SSL_TERMS = ("sup_1", "mt", "cps", "rpc", "div", "div_1")
 
-def _check(method: str) -> str:
+#: semi-supervised method name -> the terms it uses (on top of the branch-0 supervised term)
+SSL_METHODS: dict[str, tuple[str, ...]] = {
+    "supervised": (),
+    "meanteacher": ("mt",),
+    "cps": ("sup_1", "cps"),
+    "dualrel": ("sup_1", "rpc", "div", "div_1"),
+}
+
+
+def _check(method: str, table: dict | None = None) -> str:
     key = str(method).lower().replace("-", "").replace("_", "")
-    if key not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}.")
+    known = {**METHODS, **SSL_METHODS} if table is None else table
+    if key not in known:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(known)}.")
     return key
 
 
 def method_terms(method: str) -> tuple[str, ...]:
-    """The unsupervised loss terms that ``method`` switches on (a subset of ``UNSUPERVISED_TERMS``)."""
-    return METHODS[_check(method)]
+    """The loss terms ``method`` switches on besides ``sup``.
+
+    Domain adaptation (a subset of ``UNSUPERVISED_TERMS``): ``noadapt``, ``oracle``, ``baseline``, ``r4mito``.
+    Semi-supervised (a subset of ``SSL_TERMS``): ``supervised``, ``mean_teacher``, ``cps``, ``dualrel``.
+    Case, ``-`` and ``_`` are ignored.
+    """
+    key = _check(method)
+    return METHODS[key] if key in METHODS else SSL_METHODS[key]
 
 
 def supervised_domain(method: str) -> str:
     """Where the supervised term takes its labels from: ``"target"`` for Oracle, else ``"source"``."""
-    return "target" if _check(method) == "oracle" else "source"
+    return "target" if _check(method, METHODS) == "oracle" else "source"

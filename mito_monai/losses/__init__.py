@@ -3,6 +3,9 @@
 R4MITO (DESIGN section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
 ``PrototypePseudoLabelLoss`` (L_pro), ``AgentCorrelationConsistencyLoss`` (L_corr),
 ``AgentRankConsistencyLoss`` (L_rank) and ``AgentRelationLoss`` (L_corr and L_rank sharing one agent step).
+
+DualRel (DESIGN section 4): ``ReliablePrototypeConsistencyLoss`` (L_rpc), ``PrototypeDiversityLoss`` (L_div).
+Its semi-supervised baselines: ``SoftmaxConsistencyLoss`` (Mean Teacher), ``CrossPseudoSupervisionLoss`` (CPS).
 """
 
 from .agents import (
@@ -23,6 +26,7 @@ from .agents import (
 from .consistency import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
 from .dualrel import PrototypeDiversityLoss, ReliablePrototypeConsistencyLoss
 from .prototype import PrototypePseudoLabelLoss, class_prototypes, cosine_similarity_map
+from .semi_supervised import CrossPseudoSupervisionLoss, SoftmaxConsistencyLoss
 
 __all__ = [
     "AGENT_STRATEGIES",
@@ -30,11 +34,13 @@ __all__ = [
     "AgentRankConsistencyLoss",
     "AgentRelationLoss",
     "AgentRelations",
+    "CrossPseudoSupervisionLoss",
     "FeatureConsistencyLoss",
     "PrototypeDiversityLoss",
     "PrototypePseudoLabelLoss",
     "PseudoLabelConsistencyLoss",
     "ReliablePrototypeConsistencyLoss",
+    "SoftmaxConsistencyLoss",
     "agent_correlation",
     "agent_relations",
     "class_prototypes",

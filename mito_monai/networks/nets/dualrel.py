@@ -27,7 +27,7 @@ from monai.networks.nets.resnet import ResNet, get_inplanes, resnet_params
 from mito_monai.losses.agents import AGENT_STRATEGIES
 from mito_monai.networks.blocks.referential_attention import ReferentialCrossAttention
 
-__all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput"]
+__all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput", "DualRelSingleBranch"]
 
 logger = logging.getLogger(__name__)
 
@@ -508,3 +508,30 @@ class DualRelNet(nn.Module):
                 f"shape {list(x.shape[2:])}; pad the input (e.g. monai.transforms.DivisiblePad(k={self.divisor})) "
                 "or use an inferer whose window size is a multiple of 32."
             )
+
+
+class DualRelSingleBranch(nn.Module):
+    """
+    One branch of a :class:`DualRelNet` as a plain segmentation network, for evaluators and inferers.
+
+    ``forward(x)`` is ``network(x, branch=branch)``: (B, 1, H, W) -> (B, 2, H, W) log-probabilities (channel 1
+    mitochondria; ``softmax(dim=1)`` gives the merged probability map). The wrapped network is shared, not
+    copied: training it changes this view, and checkpoints are the wrapped network's state dict (load them into
+    ``network``, not into this wrapper).
+
+    Args:
+        network: the two-branch network.
+        branch: 0 or 1; DualRel infers with one branch (DESIGN section 4).
+    """
+
+    def __init__(self, network: DualRelNet, branch: int = 0) -> None:
+        super().__init__()
+        if not isinstance(network, DualRelNet):
+            raise TypeError(f"network must be a DualRelNet, got {type(network).__name__}.")
+        if isinstance(branch, bool) or branch not in (0, 1):
+            raise ValueError(f"branch must be 0 or 1, got {branch!r}.")
+        self.network = network
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x, branch=self.branch)

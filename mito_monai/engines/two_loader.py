@@ -1,0 +1,82 @@
+"""What the two-loader trainers share: a cycled second loader, autocast and the optimiser step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+
+__all__ = ["TwoLoaderTrainer", "cycle"]
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Yield batches of ``loader`` forever, re-iterating it (and so reshuffling) at each pass.
+
+    Unlike ``itertools.cycle`` nothing is cached: every pass draws fresh random crops.
+    """
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the second data loader yields no batch; check its dataset.")
+
+
+class TwoLoaderTrainer(SupervisedTrainer):
+    """A MONAI ``SupervisedTrainer`` whose epoch is driven by ``train_data_loader`` while a second
+    loader (the unlabelled target or the unlabelled slices) is cycled alongside it.
+
+    Subclasses override ``_iteration`` and use :meth:`_next_second_batch`, :meth:`_autocast` and
+    :meth:`_backward_and_step`.
+
+    Args:
+        second_data_loader: the cycled loader (may be None when no active term needs it).
+        amp_dtype: autocast dtype when ``amp`` is True (``torch.float16`` uses a gradient scaler on CUDA;
+            ``torch.bfloat16`` needs none and also works on CPU); a ``torch`` attribute name is accepted.
+        all other arguments: as for ``monai.engines.SupervisedTrainer``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        second_data_loader: Iterable | None = None,
+        amp_dtype: torch.dtype | str = torch.float16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(amp_dtype, str):
+            if not isinstance(getattr(torch, amp_dtype, None), torch.dtype):
+                raise ValueError(f"amp_dtype must name a torch dtype such as 'bfloat16', got {amp_dtype!r}.")
+            amp_dtype = getattr(torch, amp_dtype)
+        self.amp_dtype = amp_dtype
+        self._second_loader = second_data_loader
+        self._second_iter: Iterator | None = None
+
+    def _next_second_batch(self) -> Any:
+        if self._second_iter is None:
+            if self._second_loader is None:
+                raise ValueError(f"{type(self).__name__} needs its second data loader, but none was given.")
+            self._second_iter = cycle(self._second_loader)
+        return next(self._second_iter)
+
+    def _autocast(self):
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device_type=torch.device(self.state.device).type, dtype=self.amp_dtype)
+
+    def _backward_and_step(self, engine: TwoLoaderTrainer, total: torch.Tensor) -> None:
+        """Backward pass of ``total`` and one optimiser step, firing MONAI's iteration events."""
+        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+            engine.scaler.scale(total).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            total.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
