@@ -82,8 +82,10 @@ def compare(
 ) -> None:
     """Print one row per MLflow run of EXPERIMENT (method, seed, final metrics) as a Markdown table.
 
-    --tracking_uri: any MLflow tracking URI (default: the SQLite store that ``--tracking mlflow``
-    writes for the r4mito bundle, bundles/r4mito/eval/mlruns.db, or $MLFLOW_TRACKING_URI).
+    --tracking_uri: any MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else whichever of the SQLite
+    stores that ``--tracking mlflow`` writes for the bundles, bundles/r4mito/eval/mlruns.db and
+    bundles/dualrel/eval/mlruns.db, holds EXPERIMENT).
+    --columns: comma-separated metrics; the UDA papers report mAP,F1,MCC,IoU, the SSL papers Dice,Jaccard,ECE.
     --output: also write the table to a file; ``.csv`` gives CSV (raw fractions), anything else Markdown.
     """
     from pathlib import Path

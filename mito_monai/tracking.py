@@ -10,15 +10,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_runs", "default_tracking_uri", "format_runs"]
+__all__ = ["BUNDLE_STORES", "collect_runs", "default_tracking_uri", "format_runs"]
 
 UDA_COLUMNS = ("mAP", "F1", "MCC", "IoU")
 SSL_COLUMNS = ("Dice", "Jaccard", "ECE")
 
 
-def default_tracking_uri() -> str:
-    """The SQLite store ``--tracking mlflow`` writes for the r4mito bundle run from the repository root."""
-    return "sqlite:///" + str(Path("bundles/r4mito/eval/mlruns.db").resolve())
+#: the SQLite stores ``--tracking mlflow`` writes for the bundles run from the repository root
+BUNDLE_STORES = ("bundles/r4mito/eval/mlruns.db", "bundles/dualrel/eval/mlruns.db")
+
+
+def default_tracking_uri(experiment: str | None = None) -> str:
+    """The bundle store (see :data:`BUNDLE_STORES`) that holds ``experiment``; the r4mito store if none does.
+
+    A store is only opened when it exists, so this never creates one.
+    """
+    uris = ["sqlite:///" + str(Path(p).resolve()) for p in BUNDLE_STORES]
+    if experiment is not None:
+        import mlflow
+
+        for uri in uris:
+            if Path(uri[len("sqlite:///") :]).is_file():
+                if mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment) is not None:
+                    return uri
+    return uris[0]
 
 
 
@@ -29,7 +44,7 @@ def collect_runs(experiment: str, tracking_uri: str | None = None, columns: Sequ
     """
     import mlflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(experiment)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise FileNotFoundError(f"no MLflow store at {uri}: train with --tracking mlflow first, or pass --tracking_uri.")
     client = mlflow.MlflowClient(tracking_uri=uri)

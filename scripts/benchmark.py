@@ -3,7 +3,10 @@
 
 Training: iterations/s of one DomainAdaptationTrainer step per method (the loss terms wired
 exactly as in ``bundles/r4mito/configs/train.json``), on synthetic in-memory batches so that data
-loading is not timed, and the ratio of each method to a plain supervised step.
+loading is not timed, and the ratio of each method to a plain supervised step. Semi-supervised:
+iterations/s of one SemiSupervisedTrainer step of supervised-only, Mean Teacher, CPS and DualRel with
+DualRelNet (terms wired as in ``bundles/dualrel/configs/train.json``; paper setting 512 x 512, batch 4
+labelled + 4 unlabelled), and each one's time relative to supervised-only.
 
 Inference: voxels/s of whole-stack segmentation (``StackSegmenter``) from a TIFF stack written to
 a temporary folder, and the peak memory of that process for two stack depths: peak memory must not
@@ -11,7 +14,8 @@ grow with the number of slices.
 
 Examples::
 
-    python scripts/benchmark.py --device cpu --crop 128 --batch 2 --iterations 10
+    python scripts/benchmark.py --device cpu --crop 128 --batch 2 --iterations 10 \
+        --ssl_crop 128 --ssl_depth 18 --ssl_embed 32 --ssl_decoder 128 64 32 16 16
     python scripts/benchmark.py --device cuda --crop 512 --batch 2 --iterations 50 --amp
 """
 
@@ -32,17 +36,18 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "bundles" / "r4mito" / "configs" / "train.json"
+SSL_TRAIN_CONFIG = REPO / "bundles" / "dualrel" / "configs" / "train.json"
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _terms(method: str, overrides: dict) -> dict:
+def _terms(method: str, overrides: dict, config: Path = TRAIN_CONFIG) -> dict:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(TRAIN_CONFIG))
+    parser.read_config(str(config))
     parser.update({"method": method, **overrides})
     return parser.get_parsed_content("terms")
 
@@ -80,8 +85,24 @@ def bench_train(method: str, args) -> dict:
         amp=args.amp,
         amp_dtype=torch.bfloat16 if args.amp else torch.float16,
     )
-    stamps: list[float] = []
+    timed = _time_iterations(trainer, device, args.warmup)
+    active = sorted(name for name, t in terms.items() if t.active)
+    out = {
+        "method": method,
+        "terms": active,
+        "iterations_timed": len(timed),
+        "iterations_per_s": float(1.0 / np.mean(timed)),
+        "seconds_per_iteration_median": float(np.median(timed)),
+    }
+    if device.type == "cuda":
+        out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _time_iterations(trainer, device: torch.device, warmup: int) -> np.ndarray:
     from ignite.engine import Events
+
+    stamps: list[float] = []
 
     def _stamp(engine):
         if device.type == "cuda":
@@ -92,11 +113,62 @@ def bench_train(method: str, args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.run()
-    timed = np.diff(stamps[args.warmup - 1 :]) if args.warmup > 0 else np.diff([stamps[0]] + stamps)
-    active = sorted(name for name, t in terms.items() if t.active)
+    return np.diff(stamps[warmup - 1 :]) if warmup > 0 else np.diff([stamps[0]] + stamps)
+
+
+def bench_ssl(method: str, args) -> dict:
+    """One SemiSupervisedTrainer step of ``method`` with DualRelNet, terms wired as in bundles/dualrel."""
+    from monai.losses import DiceCELoss
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from mito_monai.engines import SemiSupervisedTrainer, method_terms
+    from mito_monai.networks.nets import DualRelNet
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    net = DualRelNet(
+        encoder_depth=args.ssl_depth, embed_dim=args.ssl_embed, decoder_channels=tuple(args.ssl_decoder)
+    ).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    h = w = args.ssl_crop
+    g = torch.Generator().manual_seed(0)
+    n = args.warmup + args.iterations
+    labelled = [
+        {
+            "image": torch.rand(args.ssl_batch, 1, h, w, generator=g),
+            "label": (torch.rand(args.ssl_batch, 1, h, w, generator=g) > 0.7).long(),
+        }
+    ] * n
+    u = torch.rand(args.ssl_batch, 1, h, w, generator=g)
+    unlabelled = [{"image_weak": u, "image_strong": (u + 0.05 * torch.randn_like(u)).clamp(0, 1)}]
+    terms = _terms(method, {}, SSL_TRAIN_CONFIG)
+    for term in terms.values():
+        term.to(device)
+    mt = "mt" in method_terms(method)
+    teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.99), use_buffers=True) if mt else None
+    trainer = SemiSupervisedTrainer(
+        device=device,
+        max_epochs=1,
+        epoch_length=n,
+        train_data_loader=labelled,
+        unlabelled_data_loader=unlabelled,
+        network=net,
+        optimizer=opt,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0),
+        terms=terms,
+        teacher=teacher,
+        unlabelled_key="image_strong" if mt else "image_weak",
+        teacher_key="image_weak",
+        amp=args.amp,
+        amp_dtype=torch.bfloat16 if args.amp else torch.float16,
+    )
+    timed = _time_iterations(trainer, device, args.warmup)
     out = {
         "method": method,
-        "terms": active,
+        "network": f"DualRelNet(ResNet-{args.ssl_depth}, embed {args.ssl_embed})",
+        "crop": args.ssl_crop,
+        "batch": f"{args.ssl_batch} labelled + {args.ssl_batch} unlabelled",
+        "terms": sorted(name for name, t in terms.items() if t.active),
         "iterations_timed": len(timed),
         "iterations_per_s": float(1.0 / np.mean(timed)),
         "seconds_per_iteration_median": float(np.median(timed)),
@@ -171,6 +243,13 @@ def main() -> None:
     p.add_argument("--slice", type=int, default=1024, help="inference: slice size (Y = X)")
     p.add_argument("--roi", type=int, default=512, help="inference: sliding-window size")
     p.add_argument("--depths", type=int, nargs="+", default=[2, 8], help="inference: stack depths to compare")
+    p.add_argument("--ssl_methods", nargs="*", default=["supervised", "mean_teacher", "cps", "dualrel"],
+                   help="semi-supervised methods to time with DualRelNet (none: skip)")
+    p.add_argument("--ssl_crop", type=int, default=512, help="DualRel crop (paper: 512)")
+    p.add_argument("--ssl_batch", type=int, default=4, help="DualRel labelled (and unlabelled) batch (paper: 4)")
+    p.add_argument("--ssl_depth", type=int, default=50, help="DualRel ResNet depth (paper: 50)")
+    p.add_argument("--ssl_embed", type=int, default=64, help="DualRel embedding channels C")
+    p.add_argument("--ssl_decoder", type=int, nargs=5, default=[256, 128, 64, 32, 16], help="DualRel decoder channels")
     p.add_argument("--skip_inference", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--_inference_depth", type=int, default=None, help=argparse.SUPPRESS)
@@ -189,6 +268,7 @@ def main() -> None:
         "channels": args.channels,
         "amp": args.amp,
         "train": [bench_train(m, args) for m in args.methods],
+        "semi_supervised": [bench_ssl(m, args) for m in args.ssl_methods],
     }
     sup = next((r for r in result["train"] if r["method"] == "supervised"), None)
     base = next((r for r in result["train"] if r["method"] == "baseline"), None)
@@ -197,6 +277,10 @@ def main() -> None:
             r["time_vs_supervised"] = sup["iterations_per_s"] / r["iterations_per_s"]
         if base:
             r["time_vs_baseline"] = base["iterations_per_s"] / r["iterations_per_s"]
+    ssl_sup = next((r for r in result["semi_supervised"] if r["method"] == "supervised"), None)
+    for r in result["semi_supervised"]:
+        if ssl_sup:
+            r["time_vs_supervised"] = ssl_sup["iterations_per_s"] / r["iterations_per_s"]
     if not args.skip_inference:
         result["inference"] = [bench_inference(args, d) for d in args.depths]
     print(json.dumps(result, indent=2))

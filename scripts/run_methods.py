@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train and evaluate several methods x seeds with the r4mito bundle; print a comparison as JSON.
+"""Train and evaluate several methods x seeds with one bundle (r4mito or dualrel); print a comparison as JSON.
 
 Each run is ``python -m monai.bundle run training`` in its own process, with its own checkpoint and
 output folders under ``--out``; the final model of each run is scored on the evaluation stack (no
@@ -12,6 +12,8 @@ Examples::
     python scripts/run_methods.py --overlay bundles/r4mito/configs/protocols/cpu_reference.json \\
         --set source_dir=../shared/data/vnc3 --set target_dir=../shared/data/lucchi_pp \\
         --methods noadapt baseline r4mito --seeds 0 1 2 --out runs/cpu_reference
+    python scripts/run_methods.py --bundle dualrel --methods supervised mean_teacher cps dualrel \
+        --seeds 0 --out runs/dualrel_demo
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ COLUMNS = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE")
 
 def run_one(method: str, seed: int, args) -> dict:
     run_dir = Path(args.out).resolve() / f"{method}_seed{seed}"
-    configs = [str(REPO / "bundles/r4mito/configs/train.json")] + [str(Path(o).resolve()) for o in args.overlay]
+    bundle = REPO / "bundles" / args.bundle / "configs"
+    configs = [str(bundle / "train.json")] + [str(Path(o).resolve()) for o in args.overlay]
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training",
         "--config_file", json.dumps(configs) if len(configs) > 1 else configs[0],
-        "--meta_file", str(REPO / "bundles/r4mito/configs/metadata.json"),
-        "--logging_file", str(REPO / "bundles/r4mito/configs/logging.conf"),
+        "--meta_file", str(bundle / "metadata.json"),
+        "--logging_file", str(bundle / "logging.conf"),
         "--method", method, "--seed", str(seed),
         "--ckpt_dir", str(run_dir / "models"),
         # an expression, not a plain path: MONAI's --tracking appends to the raw value of output_dir
@@ -74,12 +77,19 @@ def summarise(records: list[dict]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=["noadapt", "baseline", "r4mito", "oracle"])
+    p.add_argument("--bundle", choices=["r4mito", "dualrel"], default="r4mito")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="default: noadapt baseline r4mito oracle (r4mito); supervised mean_teacher cps dualrel (dualrel)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--overlay", nargs="*", default=[], help="config files merged after train.json")
     p.add_argument("--set", action="append", default=[], help="key=value config override for every run")
     args = p.parse_args()
+    if args.methods is None:
+        args.methods = (
+            ["noadapt", "baseline", "r4mito", "oracle"] if args.bundle == "r4mito"
+            else ["supervised", "mean_teacher", "cps", "dualrel"]
+        )
     records = [run_one(m, s, args) for s in args.seeds for m in args.methods]
     result = {"runs": records, "summary_percent": summarise(records)}
     Path(args.out).mkdir(parents=True, exist_ok=True)

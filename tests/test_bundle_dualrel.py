@@ -1,0 +1,283 @@
+"""End-to-end: the dualrel bundle trains each SSL method, resumes, evaluates and segments, with tiny overrides.
+
+Also checks the config wiring (which terms each method switches on, the partition's labelled slices, the
+learning-rate schedule and what a checkpoint holds), the bundle's metadata and network against MONAI's own
+verifiers, and that ``--tracking mlflow`` records the partition and the terms (read back by
+``python -m mito_monai compare``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mito_monai.data import make_demo_data, partition_split, read_volume
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "dualrel" / "configs"
+
+# network settings shared by train, evaluate and inference (they must match for the weights to load)
+NET = {
+    "encoder_depth": 10,
+    "embed_dim": 8,
+    "decoder_channels": [8, 8, 8, 8, 8],
+    "num_filters": 4,
+    "num_references": 4,
+    "infer_roi": [64, 64],
+}
+TINY = {
+    **NET,
+    "crop_size": [64, 64],
+    "batch_size": 2,
+    "epoch_length": 1,
+    "num_iterations": 2,
+    "val_interval": 100,  # validation only through FinalEvaluation (the final model)
+    "log_interval": 1,
+}
+METRIC_KEYS = ("Dice", "Jaccard", "ECE")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The CPU is shared; one intra-op thread is much faster than two contending ones at these sizes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    # 16 slices per stack: the 1/8 partition labels 2 of the 16 training slices
+    return make_demo_data(tmp_path_factory.mktemp("demo"), num_slices=16, size=64)
+
+
+def _run(workflow: str, config: str, **overrides):
+    from monai.bundle import run
+
+    return run(
+        workflow,
+        config_file=str(CONFIGS / config),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,  # logging.conf streams to the sys.stdout of its time; pytest swaps it per test
+        **overrides,
+    )
+
+
+def _train(tmp: Path, demo: Path, **overrides) -> dict:
+    # output_dir as an expression: MONAI's --tracking builds the executed-config artifact path by
+    # string concatenation onto the raw config value, which only works for an expression
+    args = {**TINY, "dataset_dir": str(demo), "ckpt_dir": str(tmp / "models"), "output_dir": f"$'{tmp / 'eval'}'"}
+    args.update(overrides)
+    _run("training", "train.json", **args)
+    return json.loads((tmp / "eval" / "final_metrics.json").read_text())
+
+
+def _parser(demo: Path, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({**TINY, "dataset_dir": str(demo), **overrides})
+    return parser
+
+
+def _check_record(record: dict, method: str, iteration: int, demo: Path, partition: str = "1/8", seed: int = 0):
+    assert record["method"] == method and record["iteration"] == iteration
+    for key in METRIC_KEYS:
+        assert 0.0 <= record["metrics"][key] <= 1.0, key
+    expected = partition_split("lucchi_pp", demo / "target", "train", partition, seed)
+    assert record["partition"] == json.loads(json.dumps(expected.as_dict()))
+    assert record["partition"]["labelled_slices"] == list(expected.labelled)
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "cps"])
+def test_baselines_train(tmp_path, demo, monkeypatch, capsys, method):
+    monkeypatch.chdir(REPO)
+    record = _train(tmp_path, demo, method=method)
+    out = capsys.readouterr().out
+    _check_record(record, method, 2, demo)
+    labelled = partition_split("lucchi_pp", demo / "target", "train", "1/8", 0).labelled
+    # the run's log names the labelled slices, and the final table says which convention it reports
+    assert f'"labelled_slices": {json.dumps(list(labelled))}' in out
+    assert f"final model ({method}, partition 1/8" in out and "Jaccard" in out and "SSL" in out
+
+    state = torch.load(tmp_path / "models" / "checkpoint_iteration=2.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(state)
+    if method == "mean_teacher":
+        # the EMA teacher is saved (so that a resumed run continues it) and was updated after each step
+        assert int(state["teacher"]["n_averaged"]) == 2
+    else:
+        assert "teacher" not in state
+    # model.pt is the DualRelNet's state dict (both branches), loadable without the single-branch wrapper
+    weights = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("branches.1.") for k in weights) and not any(k.startswith("network.") for k in weights)
+
+
+def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.chdir(REPO)
+    record = _train(tmp_path, demo, method="dualrel", tracking="mlflow", experiment_name="tiny_dualrel")
+    _check_record(record, "dualrel", 2, demo)
+    models = tmp_path / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_iteration=2.pt").is_file()
+
+    # MLflow: the partition, the method and the term weights are run parameters; every term is logged
+    import mlflow
+
+    uri = "sqlite:///" + str(tmp_path / "eval" / "mlruns.db")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny_dualrel").experiment_id])
+    params = run.data.params
+    labelled = list(partition_split("lucchi_pp", demo / "target", "train", "1/8", 0).labelled)
+    assert params["method"] == "dualrel" and params["partition.partition"] == "1/8"
+    assert params["partition.labelled_slices"] == str(labelled) and params["partition.num_labelled"] == "2"
+    assert params["terms.rpc.enabled"] == "True" and params["terms.rpc.weight"] == "1.0"
+    assert params["terms.div.weight"] == "0.05" and params["terms.cps.enabled"] == "False"
+    for term in ("loss_sup", "loss_sup_1", "loss_rpc", "loss_div", "loss_div_1"):
+        assert len(client.get_metric_history(run.info.run_id, term)) == 2, term
+    for key in METRIC_KEYS:
+        assert run.data.metrics[key] == pytest.approx(record["metrics"][key], abs=1e-6), key
+
+    from mito_monai.cli import main
+    from mito_monai.tracking import collect_runs
+
+    (row,) = collect_runs("tiny_dualrel", uri, columns=METRIC_KEYS)
+    assert row["method"] == "dualrel" and row["Jaccard"] == pytest.approx(record["metrics"]["Jaccard"], abs=1e-6)
+    capsys.readouterr()
+    main(["compare", "--experiment", "tiny_dualrel", "--tracking_uri", uri, "--columns", "Dice,Jaccard,ECE"])
+    table = capsys.readouterr().out
+    assert "| run | method | seed | Dice | Jaccard | ECE |" in table
+    assert f"| dualrel | 0 | {100 * record['metrics']['Dice']:.1f} |" in table
+
+    # resume: 2 more iterations from the checkpoint; the optimiser, the lr schedule and the iteration count continue
+    record = _train(tmp_path, demo, method="dualrel", num_iterations=4, resume=True)
+    assert record["iteration"] == 4
+    state = torch.load(models / "checkpoint_iteration=4.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
+    # halved at 50/70/90 % of 4 iterations (after iterations 2, 2 and 3): three halvings by iteration 4
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * 0.5**3)
+    assert len(list(models.glob("model_*.pt"))) == 1  # the first model.pt was kept
+
+    # evaluate.json scores models/model.pt exactly as the training's final evaluation did
+    _run("evaluate", "evaluate.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+         output_dir=str(tmp_path / "eval"), **NET)
+    evaluated = json.loads((tmp_path / "eval" / "evaluation_metrics.json").read_text())["metrics"]
+    assert evaluated["num_slices"] == 16
+    for key in ("Dice", "Jaccard", "ECE", "mAP", "IoU"):
+        assert evaluated[key] == pytest.approx(record["metrics"][key], abs=1e-6), key
+
+    # inference.json segments the test stack with the same window: scoring its probabilities gives the same figures
+    seg_dir = tmp_path / "segmentation"
+    _run("inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+         output_dir=str(seg_dir), **NET)
+    prob = read_volume(seg_dir / "probabilities.tif")
+    mask = read_volume(seg_dir / "masks.tif")
+    assert prob.shape == mask.shape == (16, 64, 64) and prob.dtype == np.float32
+    assert prob.min() >= 0.0 and prob.max() <= 1.0
+    np.testing.assert_array_equal(mask > 0, prob >= 0.5)
+    assert (seg_dir / "summary.json").is_file() and list(seg_dir.glob("preview_z*.png"))
+
+    from mito_monai.data import load_split
+    from mito_monai.metrics import segmentation_metrics
+
+    _, label = load_split("lucchi_pp", demo / "target", "test")
+    rescored = segmentation_metrics(prob, label)
+    for key in ("Dice", "Jaccard", "ECE", "IoU"):
+        assert rescored[key] == pytest.approx(evaluated[key], abs=2e-3), key
+
+
+def test_methods_switch_terms_teacher_and_views(demo, monkeypatch):
+    from torch.optim.swa_utils import AveragedModel
+
+    from mito_monai.engines import method_terms
+
+    monkeypatch.chdir(REPO)
+    expected = {
+        "supervised": set(),
+        "mean_teacher": {"mt"},
+        "cps": {"sup_1", "cps"},
+        "dualrel": {"sup_1", "rpc", "div", "div_1"},
+    }
+    for method, terms in expected.items():
+        assert set(method_terms(method)) == terms
+        parser = _parser(demo, method=method)
+        active = {name for name, term in parser.get_parsed_content("terms").items() if term.active}
+        assert active == terms, method
+        trainer = parser.get_parsed_content("train#trainer")
+        teacher = parser.get_parsed_content("teacher")
+        if method == "mean_teacher":
+            # student on the strong view, EMA teacher on the weak view of the same crop
+            assert isinstance(teacher, AveragedModel) and trainer.teacher is teacher
+            assert (trainer.unlabelled_key, trainer.teacher_key) == ("image_strong", "image_weak")
+            assert "teacher" in parser.get_parsed_content("checkpoint_objects")
+        else:
+            assert teacher is None and trainer.unlabelled_key == "image_weak"
+            assert "teacher" not in parser.get_parsed_content("checkpoint_objects")
+
+    # an ablation is one switch: CPS plus the reliable prototype consistency; DualRel without diversity
+    parser = _parser(demo, method="cps", use_rpc=True)
+    assert {n for n, t in parser.get_parsed_content("terms").items() if t.active} == {"sup_1", "cps", "rpc"}
+    parser = _parser(demo, method="dualrel", use_div=False, use_div_1=False)
+    assert {n for n, t in parser.get_parsed_content("terms").items() if t.active} == {"sup_1", "rpc"}
+
+    # the weights of the paper
+    terms = _parser(demo).get_parsed_content("terms")
+    assert terms["cps"].weight == 1.5 and terms["rpc"].weight == 1.0 and terms["div"].weight == 0.05
+    assert terms["rpc"].loss.reg_weight == 1.0
+
+
+def test_partitions_and_schedule(demo, monkeypatch):
+    monkeypatch.chdir(REPO)
+    parser = _parser(demo, partition="1/4", partition_seed=3)
+    expected = partition_split("lucchi_pp", demo / "target", "train", "1/4", 3)
+    labelled = parser.get_parsed_content("train#dataset")
+    unlabelled = parser.get_parsed_content("train#unlabelled_dataset")
+    assert labelled.slices == list(expected.labelled) and len(labelled.slices) == 4
+    assert unlabelled.slices == list(expected.unlabelled) and len(unlabelled.slices) == 12
+    assert set(labelled.slices).isdisjoint(unlabelled.slices)
+    assert [item["slice_index"] for item in labelled.data] == list(expected.labelled)
+    # the partition seed follows the run's seed unless set
+    assert parser.get_parsed_content("partition_info") == expected
+    parser = _parser(demo, seed=5)
+    assert parser.get_parsed_content("partition_info") == partition_split("lucchi_pp", demo / "target", "train", "1/8", 5)
+    # the two branches start from different, seed-derived initialisations
+    net = parser.get_parsed_content("network")
+    assert not torch.equal(net.branches[0].mito_filters, net.branches[1].mito_filters)
+    again = _parser(demo, seed=5).get_parsed_content("network")
+    assert torch.equal(net.branches[1].mito_filters, again.branches[1].mito_filters)
+
+    # "full": every slice labelled; the unlabelled loader falls back to the same slices rather than being empty
+    parser = _parser(demo, partition="full")
+    assert parser.get_parsed_content("train#dataset").slices == list(range(16))
+    assert parser.get_parsed_content("train#unlabelled_dataset").slices == list(range(16))
+
+    # SGD (momentum 0.9, weight decay 5e-4); the lr is halved at 50/70/90 % of the iterations
+    parser = _parser(demo, num_iterations=100, epoch_length=10)
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert group["momentum"] == 0.9 and group["weight_decay"] == 5e-4
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    assert sorted(scheduler.milestones.elements()) == [50, 70, 90] and scheduler.gamma == 0.5
+
+
+def test_metadata_and_network_verify(monkeypatch):
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    monkeypatch.chdir(REPO)
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(REPO / "bundles" / "metadata_schema.json"))
+    # net_id "network" is the single-branch wrapper (DualRelSingleBranch) that inference uses: DualRelNet's own
+    # forward(x) returns both branches' outputs (a dataclass), so the (B, 2, H, W) contract is the wrapper's
+    verify_net_in_out(
+        net_id="network",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        n=2,
+        device="cpu",
+        **{k: v for k, v in NET.items() if k != "infer_roi"},
+    )
