@@ -74,3 +74,27 @@ def test_module_entry_point_runs(tmp_path):
                          capture_output=True, text=True, check=True)
     assert json.loads(res.stdout)["root"] == str(tmp_path / "d")
     assert (tmp_path / "d" / "source" / "stack1" / "raw").is_dir()
+
+
+def test_compare_finds_the_bundle_store_holding_the_experiment(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from mito_monai.cli import compare
+    from mito_monai.tracking import BUNDLE_STORES, default_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for store, experiment, jac in zip(BUNDLE_STORES, ("uda", "ssl"), (0.25, 0.75)):
+        (tmp_path / store).parent.mkdir(parents=True)
+        uri = "sqlite:///" + str(tmp_path / store)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run(client.create_experiment(experiment), run_name=f"{experiment}-run")
+        client.log_param(run.info.run_id, "method", experiment)
+        client.log_metric(run.info.run_id, "Jaccard", jac)
+        client.set_terminated(run.info.run_id)
+    assert default_tracking_uri("ssl").endswith(BUNDLE_STORES[1])
+    assert default_tracking_uri("uda").endswith(BUNDLE_STORES[0])
+    assert default_tracking_uri("nowhere").endswith(BUNDLE_STORES[0])
+    compare(experiment="ssl", columns="Jaccard")
+    out = capsys.readouterr().out
+    assert "| ssl-run | ssl |  | 75.0 |" in out

@@ -243,3 +243,27 @@ def test_terms_sharing_a_loss_module_call_it_once_per_iteration():
     assert out["loss"] == pytest.approx(out["loss_sup"] + out["loss_a"] + 0.5 * out["loss_b"])
     with pytest.raises(ValueError, match="output must be None or an index"):
         LossTerm(pair, 1.0, inputs, output=-1)
+
+
+def test_enabled_parses_command_line_strings():
+    # `--use_rank false` reaches the config as the string "false", which is truthy in Python
+    inputs = ["target_logits_strong"]
+    assert not LossTerm(Recorder(), 1.0, inputs, enabled="false").active
+    assert not LossTerm(Recorder(), 1.0, inputs, enabled="No").active
+    assert LossTerm(Recorder(), 1.0, inputs, enabled="True").active
+    with pytest.raises(ValueError, match="enabled"):
+        LossTerm(Recorder(), 1.0, inputs, enabled="sometimes")
+    with pytest.raises(TypeError, match="enabled"):
+        LossTerm(Recorder(), 1.0, inputs, enabled=[True])
+
+
+def test_bundle_switches_accept_lowercase_strings():
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles/r4mito/configs/train.json"))
+    parser.update({"use_rank": "false", "use_pro": "true", "method": "baseline"})
+    terms = parser.get_parsed_content("terms")
+    assert not terms["rank"].active and terms["pro"].active and terms["cf"].active and not terms["corr"].active

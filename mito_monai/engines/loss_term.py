@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.utils import str2bool
 from torch import nn
 
 from mito_monai.engines.schedules import sigmoid_rampup
@@ -56,7 +57,9 @@ class LossTerm(nn.Module):
             then does not compute it (nor the forward passes only it needs).
         inputs: names from :data:`TERM_INPUTS`.
         rampup_iterations: ``T`` of the sigmoid ramp-up ``exp(-5 (1 - min(t, T)/T)^2)``; 0 = no ramp.
-        enabled: a switch for configs (ablations); ``False`` is the same as ``weight=0``.
+        enabled: a switch for configs (ablations); ``False`` is the same as ``weight=0``. The strings a
+            command line passes (``"true"``/``"false"``, ``"1"``/``"0"``, ``"yes"``/``"no"``, any case) are
+            parsed, never taken as truthy.
         output: for a loss that returns several values (a tuple, e.g.
             ``mito_monai.losses.AgentRelationLoss`` -> ``(L_corr, L_rank)``), the index of this term's
             value. Terms that share one loss module instance and the same inputs share one call per
@@ -88,6 +91,13 @@ class LossTerm(nn.Module):
         self.weight = float(weight)
         self.inputs = tuple(inputs)
         self.rampup_iterations = int(rampup_iterations)
+        if isinstance(enabled, str):
+            try:
+                enabled = str2bool(enabled)
+            except ValueError:
+                raise ValueError(f"enabled must be a boolean or 'true'/'false', got {enabled!r}.") from None
+        elif not isinstance(enabled, (bool, int)):
+            raise TypeError(f"enabled must be a boolean, got {type(enabled).__name__}.")
         self.enabled = bool(enabled)
         if output is not None and (isinstance(output, bool) or not isinstance(output, int) or output < 0):
             raise ValueError(f"output must be None or an index >= 0, got {output!r}.")
