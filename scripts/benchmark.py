@@ -235,7 +235,7 @@ def main() -> None:
     p.add_argument("--crop", type=int, default=512, help="training crop (paper: 512)")
     p.add_argument("--batch", type=int, default=2, help="training batch (paper: 2)")
     p.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 512])
-    p.add_argument("--methods", nargs="+", default=["supervised", "baseline", "r4mito"])
+    p.add_argument("--methods", nargs="*", default=["supervised", "baseline", "r4mito"], help="domain-adaptation methods to time (none: skip)")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--pool_stride", type=int, default=4, help="agent map stride of the correlation/rank terms")

@@ -293,6 +293,7 @@ def test_em_slice_dataset(tmp_path):
     part = EMSliceDataset("vnc3", root, "train", slices=[4, 1], with_label=False, transform=lambda d: {**d, "t": 1})
     assert [part[i]["slice_index"] for i in range(len(part))] == [4, 1]
     assert "label" not in part[0] and part[0]["t"] == 1 and part.label is None
+    assert part.image is ds.image  # the unlabelled view of a split reuses the labelled split's volume
     np.testing.assert_array_equal(part[1]["image"][0], image[1])
 
     again = EMSliceDataset("vnc3", root, "train")

@@ -34,6 +34,11 @@ def _load(layout: str, root: Path, split: str, with_label: bool, cache: bool) ->
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
+        labelled_key = key[:3] + (True,)
+        if not with_label and labelled_key in _CACHE:
+            # the unlabelled slices of a semi-supervised split: share the image volume already in memory
+            _CACHE.move_to_end(labelled_key)
+            return _CACHE[labelled_key][0], None
     arrays = load_split(layout, root, split, with_label=with_label)
     with _CACHE_LOCK:
         _CACHE[key] = arrays
