@@ -85,18 +85,7 @@ def bench_train(method: str, args) -> dict:
         amp=args.amp,
         amp_dtype=torch.bfloat16 if args.amp else torch.float16,
     )
-    timed = _time_iterations(trainer, device, args.warmup)
-    active = sorted(name for name, t in terms.items() if t.active)
-    out = {
-        "method": method,
-        "terms": active,
-        "iterations_timed": len(timed),
-        "iterations_per_s": float(1.0 / np.mean(timed)),
-        "seconds_per_iteration_median": float(np.median(timed)),
-    }
-    if device.type == "cuda":
-        out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    return _timing_record(trainer, device, args.warmup, {"method": method}, terms)
 
 
 def _time_iterations(trainer, device: torch.device, warmup: int) -> np.ndarray:
@@ -114,6 +103,21 @@ def _time_iterations(trainer, device: torch.device, warmup: int) -> np.ndarray:
         torch.cuda.reset_peak_memory_stats()
     trainer.run()
     return np.diff(stamps[warmup - 1 :]) if warmup > 0 else np.diff([stamps[0]] + stamps)
+
+
+def _timing_record(trainer, device: torch.device, warmup: int, setting: dict, terms: dict) -> dict:
+    """Run ``trainer`` and return ``setting`` with its active terms, iterations/s and (CUDA) peak memory."""
+    timed = _time_iterations(trainer, device, warmup)
+    out = {
+        **setting,
+        "terms": sorted(name for name, t in terms.items() if t.active),
+        "iterations_timed": len(timed),
+        "iterations_per_s": float(1.0 / np.mean(timed)),
+        "seconds_per_iteration_median": float(np.median(timed)),
+    }
+    if device.type == "cuda":
+        out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def bench_ssl(method: str, args) -> dict:
@@ -162,20 +166,13 @@ def bench_ssl(method: str, args) -> dict:
         amp=args.amp,
         amp_dtype=torch.bfloat16 if args.amp else torch.float16,
     )
-    timed = _time_iterations(trainer, device, args.warmup)
-    out = {
+    setting = {
         "method": method,
         "network": f"DualRelNet(ResNet-{args.ssl_depth}, embed {args.ssl_embed})",
         "crop": args.ssl_crop,
         "batch": f"{args.ssl_batch} labelled + {args.ssl_batch} unlabelled",
-        "terms": sorted(name for name, t in terms.items() if t.active),
-        "iterations_timed": len(timed),
-        "iterations_per_s": float(1.0 / np.mean(timed)),
-        "seconds_per_iteration_median": float(np.median(timed)),
     }
-    if device.type == "cuda":
-        out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+    return _timing_record(trainer, device, args.warmup, setting, terms)
 
 
 def bench_inference(args, depth: int) -> dict:

@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, LossTerm, check_term_inputs
+from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, LossTerm
 from mito_monai.engines.two_loader import TwoLoaderTrainer, cycle
 
 __all__ = ["DomainAdaptationTrainer", "cycle"]
@@ -79,13 +79,7 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
             amp_dtype=amp_dtype,
             **kwargs,
         )
-        terms = dict(terms or {})
-        for name, term in terms.items():
-            if not isinstance(term, LossTerm):
-                raise TypeError(f"term {name!r} must be a mito_monai.engines.LossTerm, got {type(term).__name__}.")
-        check_term_inputs(terms, DOMAIN_ADAPTATION_INPUTS, type(self).__name__)
-        self.terms = nn.ModuleDict(terms)
-        self.active_terms = {name: term for name, term in terms.items() if term.active}
+        self._set_terms(terms, DOMAIN_ADAPTATION_INPUTS)
         if self.active_terms and target_data_loader is None:
             raise ValueError(
                 f"terms {sorted(self.active_terms)} act on the target domain, but no target_data_loader was given."
@@ -155,13 +149,7 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
                     quantities["target_logits_strong"] = s_logits
                     if s_feats is not None:
                         quantities["target_features_strong"] = s_feats
-            memo: dict = {}
-            for name, term in self.active_terms.items():
-                value = term(quantities, memo)
-                weight = term.weight_at(step)
-                total = total + weight * value
-                losses[f"loss_{name}"] = value.detach()
-                engine.state.output[f"weight_{name}"] = weight
+            total = self._add_terms(engine, quantities, total, losses, step)
         engine.state.output[Keys.LOSS] = total
         engine.state.output.update(losses)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-from mito_monai.engines.loss_term import SEMI_SUPERVISED_INPUTS, LossTerm, check_term_inputs
+from mito_monai.engines.loss_term import SEMI_SUPERVISED_INPUTS, LossTerm
 from mito_monai.engines.two_loader import TwoLoaderTrainer
 
 __all__ = ["SemiSupervisedTrainer"]
@@ -102,13 +102,7 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
             amp_dtype=amp_dtype,
             **kwargs,
         )
-        terms = dict(terms or {})
-        for name, term in terms.items():
-            if not isinstance(term, LossTerm):
-                raise TypeError(f"term {name!r} must be a mito_monai.engines.LossTerm, got {type(term).__name__}.")
-        check_term_inputs(terms, SEMI_SUPERVISED_INPUTS, type(self).__name__)
-        self.terms = nn.ModuleDict(terms)
-        self.active_terms = {name: term for name, term in terms.items() if term.active}
+        self._set_terms(terms, SEMI_SUPERVISED_INPUTS)
         needed = {q for term in self.active_terms.values() for q in term.inputs}
         self._two_branch = hasattr(network, "forward_branch") and hasattr(network, "reliability")
         if needed & (_BRANCH_1 | _BRANCH_DETAILS) and not self._two_branch:
@@ -198,13 +192,7 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
             sup = engine.loss_function(quantities["labelled_logits"], labels).mean()
             total = sup
             losses = {"loss_sup": sup.detach()}
-            memo: dict = {}
-            for name, term in self.active_terms.items():
-                value = term(quantities, memo)
-                weight = term.weight_at(step)
-                total = total + weight * value
-                losses[f"loss_{name}"] = value.detach()
-                engine.state.output[f"weight_{name}"] = weight
+            total = self._add_terms(engine, quantities, total, losses, step)
         engine.state.output[Keys.LOSS] = total
         engine.state.output.update(losses)
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

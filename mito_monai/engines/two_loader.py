@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from torch import nn
+
+from mito_monai.engines.loss_term import LossTerm, check_term_inputs
 
 __all__ = ["TwoLoaderTrainer", "cycle"]
 
@@ -31,8 +34,8 @@ class TwoLoaderTrainer(SupervisedTrainer):
     """A MONAI ``SupervisedTrainer`` whose epoch is driven by ``train_data_loader`` while a second
     loader (the unlabelled target or the unlabelled slices) is cycled alongside it.
 
-    Subclasses override ``_iteration`` and use :meth:`_next_second_batch`, :meth:`_autocast` and
-    :meth:`_backward_and_step`.
+    Subclasses call :meth:`_set_terms` in their constructor, override ``_iteration`` and use
+    :meth:`_next_second_batch`, :meth:`_autocast`, :meth:`_add_terms` and :meth:`_backward_and_step`.
 
     Args:
         second_data_loader: the cycled loader (may be None when no active term needs it).
@@ -56,6 +59,30 @@ class TwoLoaderTrainer(SupervisedTrainer):
         self.amp_dtype = amp_dtype
         self._second_loader = second_data_loader
         self._second_iter: Iterator | None = None
+
+    def _set_terms(self, terms: Mapping[str, LossTerm] | None, available: dict[str, str]) -> None:
+        """Check ``terms`` against the quantities this trainer computes; keep them and the active ones."""
+        terms = dict(terms or {})
+        for name, term in terms.items():
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"term {name!r} must be a mito_monai.engines.LossTerm, got {type(term).__name__}.")
+        check_term_inputs(terms, available, type(self).__name__)
+        self.terms = nn.ModuleDict(terms)
+        self.active_terms = {name: term for name, term in terms.items() if term.active}
+
+    def _add_terms(
+        self, engine: TwoLoaderTrainer, quantities: dict, total: torch.Tensor, losses: dict, step: int
+    ) -> torch.Tensor:
+        """``total + sum_k w_k(step) * term_k``; each term's value goes into ``losses`` as ``loss_<name>`` and
+        its current weight into ``engine.state.output`` as ``weight_<name>``."""
+        memo: dict = {}
+        for name, term in self.active_terms.items():
+            value = term(quantities, memo)
+            weight = term.weight_at(step)
+            total = total + weight * value
+            losses[f"loss_{name}"] = value.detach()
+            engine.state.output[f"weight_{name}"] = weight
+        return total
 
     def _next_second_batch(self) -> Any:
         if self._second_iter is None:
