@@ -36,7 +36,6 @@ def default_tracking_uri(experiment: str | None = None) -> str:
     return uris[0]
 
 
-
 def collect_runs(experiment: str, tracking_uri: str | None = None, columns: Sequence[str] = UDA_COLUMNS + SSL_COLUMNS) -> list[dict[str, Any]]:
     """One dict per run of ``experiment``: run name, status, method, seed and the latest value of each metric.
 
@@ -44,9 +43,11 @@ def collect_runs(experiment: str, tracking_uri: str | None = None, columns: Sequ
     """
     import mlflow
 
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(experiment)
+    explicit = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = explicit or default_tracking_uri(experiment)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise FileNotFoundError(f"no MLflow store at {uri}: train with --tracking mlflow first, or pass --tracking_uri.")
+        where = uri if explicit else " or ".join(str(Path(p).resolve()) for p in BUNDLE_STORES)
+        raise FileNotFoundError(f"no MLflow store at {where}: train with --tracking mlflow first, or pass --tracking_uri.")
     client = mlflow.MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -98,3 +98,16 @@ def test_compare_finds_the_bundle_store_holding_the_experiment(tmp_path, monkeyp
     compare(experiment="ssl", columns="Jaccard")
     out = capsys.readouterr().out
     assert "| ssl-run | ssl |  | 75.0 |" in out
+
+
+def test_compare_without_any_store_names_every_store_it_looked_for(tmp_path, monkeypatch):
+    from mito_monai.cli import compare
+    from mito_monai.tracking import BUNDLE_STORES
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        compare(experiment="dualrel")
+    for store in BUNDLE_STORES:
+        assert str(tmp_path / store) in str(err.value)
+    assert not (tmp_path / BUNDLE_STORES[0]).exists()
