@@ -57,6 +57,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from e
 
 
+def _unwrap(obj: Any) -> Any:
+    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (so saved keys carry no
+    ``module.`` prefix, as ``monai.handlers.CheckpointLoader`` expects); anything else unchanged."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return obj.module if isinstance(obj, wrappers) else obj
+
+
 def _backup_name(path: Path) -> Path:
     stamp = time.strftime("%Y%m%d_%H%M%S", time.localtime(path.stat().st_mtime))
     candidate = path.with_name(f"{path.stem}_{stamp}{path.suffix}")
@@ -124,7 +131,7 @@ class AtomicCheckpointSaver:
             engine.add_event_handler(Events.COMPLETED, self.save_final)
 
     def save_state(self, engine: Engine) -> Path:
-        state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
         path = atomic_torch_save(state, self.save_dir / f"checkpoint_iteration={engine.state.iteration}.pt")
         found = sorted(
             (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _CKPT_RE.match(p.name))
@@ -140,8 +147,7 @@ class AtomicCheckpointSaver:
             backup = _backup_name(self.final_path)
             os.replace(self.final_path, backup)
             self.logger.warning(f"kept the previous {self.final_path.name} as {backup}")
-        model = getattr(self.final_model, "module", self.final_model)  # unwrap DDP
-        path = atomic_torch_save(model.state_dict(), self.final_path)
+        path = atomic_torch_save(_unwrap(self.final_model).state_dict(), self.final_path)
         self.logger.info(f"saved final model weights to {path}")
         return path
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 from ignite.engine import Engine, Events
 
 __all__ = ["EvaluationReport", "FinalEvaluation", "format_metrics_table", "report_metrics", "require_file", "scalar_metrics"]
@@ -51,7 +52,9 @@ class FinalEvaluation:
     """When training completes, make sure ``evaluator`` has scored the final model, then report it.
 
     Validation during training is for monitoring only: the reported figures are always those of the
-    final model (no checkpoint is chosen by its score on the evaluation stack).
+    final model (no checkpoint is chosen by its score on the evaluation stack). In a multi-process
+    run attach it on every rank (the evaluator's metrics are all-reduced over the ranks' shares of
+    the stack); rank 0 alone prints and writes the result.
 
     Args:
         evaluator: the validation evaluator (e.g. ``validate#evaluator``).
@@ -80,6 +83,9 @@ class FinalEvaluation:
         state = self.evaluator.state
         if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:
             self.evaluator.run(engine.state.epoch)
+        if idist.get_rank() != 0:
+            self.metrics = scalar_metrics(self.evaluator.state.metrics)
+            return
         self.metrics = report_metrics(
             self.evaluator.state.metrics,
             title=f"{self.title} (iteration {engine.state.iteration})",
