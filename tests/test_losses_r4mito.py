@@ -307,6 +307,15 @@ def test_agent_losses_match_manual_kl():
     rank = AgentRankConsistencyLoss(3, topk=2, pool_stride=1)(strong, weak)
     assert rank.item() == pytest.approx(kl_rank / 6, rel=1e-4)
 
+    # entry_mean: the scale of torch.nn.KLDivLoss(reduction="mean") over (pixels, entries), as in RankMatch
+    kl_div_mean = torch.nn.KLDivLoss(reduction="mean")(c_s.log(), c_w).item()
+    corr_mean = AgentCorrelationConsistencyLoss(3, pool_stride=1, entry_mean=True)(strong, weak)
+    assert corr_mean.item() == pytest.approx(kl_div_mean, rel=1e-5) and kl_div_mean == pytest.approx(kl_corr / 3, rel=1e-5)
+    rank_mean = AgentRankConsistencyLoss(3, topk=2, pool_stride=1, entry_mean=True)(strong, weak)
+    assert rank_mean.item() == pytest.approx(kl_rank / 6 / 2, rel=1e-4)  # 2! orderings
+    both = AgentRelationLoss(3, topk=2, pool_stride=1, entry_mean=True)(strong, weak)
+    assert both[0].item() == pytest.approx(corr_mean.item()) and both[1].item() == pytest.approx(rank_mean.item())
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # prototypes

@@ -360,22 +360,26 @@ def _per_pixel(values: torch.Tensor, relations: AgentRelations, reduction: str) 
     return reduce_loss(values, reduction)
 
 
-def correlation_consistency(relations: AgentRelations, reduction: LossReduction | str = "mean") -> torch.Tensor:
+def correlation_consistency(
+    relations: AgentRelations, reduction: LossReduction | str = "mean", entry_mean: bool = False
+) -> torch.Tensor:
     """
     ``L_corr = KL(c^aug || c^Aug)`` summed over the K agents, per pixel (DESIGN 3.3 item 3).
 
     Args:
         relations: output of :func:`agent_relations`.
         reduction: ``"mean"`` over pixels and batch, ``"sum"``, or ``"none"`` for (B, *pooled spatial).
+        entry_mean: divide each pixel's KL by K, the number of entries of its distribution (see
+            :class:`AgentRelationLoss`).
     """
     reduction = LossReduction(reduction).value
     with no_autocast(relations.log_corr_strong.device):
         kl = F.kl_div(relations.log_corr_strong, relations.log_corr_weak, reduction="none", log_target=True)
-        return _per_pixel(kl.sum(-1), relations, reduction)
+        return _per_pixel(kl.mean(-1) if entry_mean else kl.sum(-1), relations, reduction)
 
 
 def rank_consistency(
-    relations: AgentRelations, topk: int = 4, reduction: LossReduction | str = "mean"
+    relations: AgentRelations, topk: int = 4, reduction: LossReduction | str = "mean", entry_mean: bool = False
 ) -> torch.Tensor:
     """
     ``L_rank = KL(P(.|c^aug) || P(.|c^Aug))`` over the orderings of each pixel's top agents (DESIGN 3.4).
@@ -388,6 +392,7 @@ def rank_consistency(
         relations: output of :func:`agent_relations`.
         topk: number of top agents ranked per pixel, 1 to 8 (R4MITO: 4).
         reduction: ``"mean"`` over pixels and batch, ``"sum"``, or ``"none"`` for (B, *pooled spatial).
+        entry_mean: divide each pixel's KL by ``topk!``, the number of orderings (see :class:`AgentRelationLoss`).
     """
     _check_positive_int("topk", topk)
     if topk > MAX_RANK_LENGTH:
@@ -400,7 +405,7 @@ def rank_consistency(
         log_p_weak = log_plackett_luce(log_weak.gather(-1, top), log_input=True)
         log_p_strong = log_plackett_luce(log_strong.gather(-1, top), log_input=True)
         kl = F.kl_div(log_p_strong, log_p_weak, reduction="none", log_target=True)
-        return _per_pixel(kl.sum(-1), relations, reduction)
+        return _per_pixel(kl.mean(-1) if entry_mean else kl.sum(-1), relations, reduction)
 
 
 class _AgentLoss(_Loss):
@@ -414,6 +419,7 @@ class _AgentLoss(_Loss):
         pool_stride: int,
         reduction: LossReduction | str,
         normalize: bool = False,
+        entry_mean: bool = False,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         _check_positive_int("num_agents", num_agents)
@@ -426,6 +432,7 @@ class _AgentLoss(_Loss):
         self.temperature = float(temperature)
         self.pool_stride = pool_stride
         self.normalize = bool(normalize)
+        self.entry_mean = bool(entry_mean)
 
     def relations(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> AgentRelations:
         """:func:`agent_relations` with this loss's settings."""
@@ -453,6 +460,8 @@ class AgentCorrelationConsistencyLoss(_AgentLoss):
         reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
         normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
             (see :func:`agent_relations`).
+        entry_mean: average each pixel's KL over the entries of its distribution (K agents, ``topk!``
+            orderings) instead of summing them (see :class:`AgentRelationLoss`).
     """
 
     def __init__(
@@ -463,8 +472,9 @@ class AgentCorrelationConsistencyLoss(_AgentLoss):
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
         normalize: bool = False,
+        entry_mean: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
 
     def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
         """
@@ -476,7 +486,7 @@ class AgentCorrelationConsistencyLoss(_AgentLoss):
 
     def from_relations(self, relations: AgentRelations) -> torch.Tensor:
         """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentRankConsistencyLoss`)."""
-        return correlation_consistency(relations, self.reduction)
+        return correlation_consistency(relations, self.reduction, self.entry_mean)
 
 
 class AgentRankConsistencyLoss(_AgentLoss):
@@ -494,6 +504,8 @@ class AgentRankConsistencyLoss(_AgentLoss):
         reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
         normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
             (see :func:`agent_relations`).
+        entry_mean: average each pixel's KL over the entries of its distribution (K agents, ``topk!``
+            orderings) instead of summing them (see :class:`AgentRelationLoss`).
     """
 
     def __init__(
@@ -505,8 +517,9 @@ class AgentRankConsistencyLoss(_AgentLoss):
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
         normalize: bool = False,
+        entry_mean: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
         _check_positive_int("topk", topk)
         if topk > MAX_RANK_LENGTH:
             raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
@@ -522,7 +535,7 @@ class AgentRankConsistencyLoss(_AgentLoss):
 
     def from_relations(self, relations: AgentRelations) -> torch.Tensor:
         """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentCorrelationConsistencyLoss`)."""
-        return rank_consistency(relations, self.topk, self.reduction)
+        return rank_consistency(relations, self.topk, self.reduction, self.entry_mean)
 
 
 class AgentRelationLoss(_AgentLoss):
@@ -531,6 +544,12 @@ class AgentRelationLoss(_AgentLoss):
 
     Returns the tuple ``(L_corr, L_rank)``; weight and sum them in the trainer. Arguments as in
     :class:`AgentCorrelationConsistencyLoss` and :class:`AgentRankConsistencyLoss`.
+
+    Scale (``entry_mean``): DESIGN 3.3-3.4 average the per-pixel KL over pixels, summing over the
+    entries of each pixel's distribution. The public RankMatch code, which R4MITO's rank term comes
+    from, computes it with ``torch.nn.KLDivLoss(reduction="mean")`` over (B, H, W, entries), i.e.
+    also averaged over the entries: 1/24 of the per-pixel sum for the top-4 orderings, 1/K for the
+    correlations. The paper's weights (0.1) belong to that scale; ``entry_mean=True`` reproduces it.
     """
 
     def __init__(
@@ -542,8 +561,9 @@ class AgentRelationLoss(_AgentLoss):
         pool_stride: int = 4,
         reduction: LossReduction | str = LossReduction.MEAN,
         normalize: bool = False,
+        entry_mean: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize)
+        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
         _check_positive_int("topk", topk)
         if topk > MAX_RANK_LENGTH:
             raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
@@ -559,5 +579,5 @@ class AgentRelationLoss(_AgentLoss):
             ``(L_corr, L_rank)``.
         """
         relations = self.relations(features_strong, features_weak)
-        corr = correlation_consistency(relations, self.reduction)
-        return corr, rank_consistency(relations, self.topk, self.reduction)
+        corr = correlation_consistency(relations, self.reduction, self.entry_mean)
+        return corr, rank_consistency(relations, self.topk, self.reduction, self.entry_mean)
