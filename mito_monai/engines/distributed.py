@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +27,10 @@ def init_distributed(timeout_minutes: float = 120.0, backend: str | None = None)
     """Join the process group ``torchrun`` describes in the environment and return this process's device.
 
     The backend is NCCL when CUDA is available and gloo otherwise (so the same config runs as several
-    CPU processes, which is how it is tested). ``timeout_minutes`` bounds every collective: rank 0
-    scores the evaluation stack while the other ranks wait at the next gradient all-reduce, so it must
-    exceed the longest evaluation (PyTorch's NCCL default of 10 minutes does not, on MitoEM).
+    CPU processes, which is how it is tested). ``timeout_minutes`` bounds every collective: the ranks
+    wait for each other at the metric all-reduce of an evaluation (their shares of the stack differ by
+    up to one slice) and at the first gradient all-reduce after it while rank 0 writes checkpoints and
+    reports, so it must exceed those waits on the largest stacks (PyTorch's NCCL default is 10 minutes).
     Calling it again in an initialised process only returns the device.
 
     Raises:
