@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import ignite.distributed as idist
 from ignite.engine import Engine, Events
+
+from mito_monai.engines.distributed import is_main_process
 
 __all__ = ["EvaluationReport", "FinalEvaluation", "format_metrics_table", "report_metrics", "require_file", "scalar_metrics"]
 
@@ -83,7 +84,7 @@ class FinalEvaluation:
         state = self.evaluator.state
         if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:
             self.evaluator.run(engine.state.epoch)
-        if idist.get_rank() != 0:
+        if not is_main_process():
             self.metrics = scalar_metrics(self.evaluator.state.metrics)
             return
         self.metrics = report_metrics(

@@ -353,8 +353,19 @@ def agent_relations(
     return AgentRelations(log_strong, log_weak, indices, tuple(strong.shape[2:]))
 
 
-def _per_pixel(values: torch.Tensor, relations: AgentRelations, reduction: str) -> torch.Tensor:
-    """Reduce (B, N) per-pixel values; ``"none"`` gives them the pooled spatial shape (B, *spatial)."""
+def _check_topk(topk: int) -> int:
+    _check_positive_int("topk", topk)
+    if topk > MAX_RANK_LENGTH:
+        raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
+    return topk
+
+
+def _per_pixel(kl: torch.Tensor, entry_mean: bool, relations: AgentRelations, reduction: str) -> torch.Tensor:
+    """
+    Reduce (B, N, entries) KL terms: over the entries (mean or sum), then over pixels by ``reduction``;
+    ``"none"`` gives the per-pixel values the pooled spatial shape (B, *spatial).
+    """
+    values = kl.mean(-1) if entry_mean else kl.sum(-1)
     if reduction == LossReduction.NONE.value:
         return values.reshape(values.shape[0], *relations.spatial_shape)
     return reduce_loss(values, reduction)
@@ -375,7 +386,7 @@ def correlation_consistency(
     reduction = LossReduction(reduction).value
     with no_autocast(relations.log_corr_strong.device):
         kl = F.kl_div(relations.log_corr_strong, relations.log_corr_weak, reduction="none", log_target=True)
-        return _per_pixel(kl.mean(-1) if entry_mean else kl.sum(-1), relations, reduction)
+        return _per_pixel(kl, entry_mean, relations, reduction)
 
 
 def rank_consistency(
@@ -394,9 +405,7 @@ def rank_consistency(
         reduction: ``"mean"`` over pixels and batch, ``"sum"``, or ``"none"`` for (B, *pooled spatial).
         entry_mean: divide each pixel's KL by ``topk!``, the number of orderings (see :class:`AgentRelationLoss`).
     """
-    _check_positive_int("topk", topk)
-    if topk > MAX_RANK_LENGTH:
-        raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
+    _check_topk(topk)
     reduction = LossReduction(reduction).value
     log_strong, log_weak = relations.log_corr_strong, relations.log_corr_weak
     k = min(topk, log_weak.shape[-1])
@@ -405,7 +414,7 @@ def rank_consistency(
         log_p_weak = log_plackett_luce(log_weak.gather(-1, top), log_input=True)
         log_p_strong = log_plackett_luce(log_strong.gather(-1, top), log_input=True)
         kl = F.kl_div(log_p_strong, log_p_weak, reduction="none", log_target=True)
-        return _per_pixel(kl.mean(-1) if entry_mean else kl.sum(-1), relations, reduction)
+        return _per_pixel(kl, entry_mean, relations, reduction)
 
 
 class _AgentLoss(_Loss):
@@ -520,10 +529,7 @@ class AgentRankConsistencyLoss(_AgentLoss):
         entry_mean: bool = False,
     ) -> None:
         super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
-        _check_positive_int("topk", topk)
-        if topk > MAX_RANK_LENGTH:
-            raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
-        self.topk = topk
+        self.topk = _check_topk(topk)
 
     def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
         """
@@ -564,10 +570,7 @@ class AgentRelationLoss(_AgentLoss):
         entry_mean: bool = False,
     ) -> None:
         super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
-        _check_positive_int("topk", topk)
-        if topk > MAX_RANK_LENGTH:
-            raise ValueError(f"topk must be at most {MAX_RANK_LENGTH} (topk! orderings per pixel), got {topk}.")
-        self.topk = topk
+        self.topk = _check_topk(topk)
 
     def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """
