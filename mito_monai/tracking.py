@@ -48,8 +48,11 @@ def collect_runs(experiment: str, tracking_uri: str | None = None, columns: Sequ
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         where = uri if explicit else " or ".join(str(Path(p).resolve()) for p in BUNDLE_STORES)
         raise FileNotFoundError(f"no MLflow store at {where}: train with --tracking mlflow first, or pass --tracking_uri.")
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+    except mlflow.exceptions.MlflowException as e:
+        raise ValueError(f"cannot read the MLflow store {uri}: {e.message}") from e
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
         raise ValueError(f"no experiment {experiment!r} in {uri}; experiments there: {names}.")

@@ -111,3 +111,15 @@ def test_compare_without_any_store_names_every_store_it_looked_for(tmp_path, mon
     for store in BUNDLE_STORES:
         assert str(tmp_path / store) in str(err.value)
     assert not (tmp_path / BUNDLE_STORES[0]).exists()
+
+
+def test_compare_reports_an_unreadable_store_in_one_line(monkeypatch, capsys):
+    from mito_monai.cli import main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "--tracking_uri", "nosuchscheme://store"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the MLflow store nosuchscheme://store: ")
+    assert "Traceback" not in err
