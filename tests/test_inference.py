@@ -111,3 +111,16 @@ def test_bad_input_names_the_file_and_slice(tmp_path):
     assert not list((tmp_path / "out").glob("probabilities*"))  # nothing half-written left behind
     with pytest.raises(ValueError, match="output_format"):
         seg.run(tmp_path / "nan.tif", tmp_path / "out2", output_format="jpg")
+
+
+def test_a_file_that_is_not_a_tiff_is_a_data_error_naming_it(tmp_path):
+    from mito_monai.data import DataError
+
+    bad = tmp_path / "stack.tif"
+    bad.write_bytes(b"junk, not a TIFF header")
+    with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
+        SliceSource(bad)
+    seg = StackSegmenter(Darkness(), roi_size=(16, 16))
+    with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
+        seg.run(bad, tmp_path / "out")
+    assert bad.read_bytes() == b"junk, not a TIFF header"  # the input is left as it was

@@ -38,14 +38,18 @@ class SliceSource:
         if self.path.is_file() and suffix in _TIFF:
             import tifffile
 
-            tif = tifffile.TiffFile(self.path)
-            series = tif.series[0]
-            shape = series.shape
+            try:
+                tif = tifffile.TiffFile(self.path)
+            except Exception:  # damaged or not a TIFF: read_volume below reports it, naming the file
+                tif = None
+            series = tif.series[0] if tif is not None and tif.series else None
+            shape = () if series is None else series.shape
             if len(shape) == 2:
                 shape = (1, *shape)
             if len(shape) != 3 or len(series.pages) != shape[0]:
-                # not one grey page per slice (e.g. samples-per-pixel > 1): let the reader decide
-                tif.close()
+                # not one grey page per slice (e.g. samples-per-pixel > 1), or unreadable: let the reader decide
+                if tif is not None:
+                    tif.close()
                 self._eager(read_volume(self.path))
             else:
                 self._pages = series.pages
