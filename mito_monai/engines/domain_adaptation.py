@@ -30,6 +30,20 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
     - weak target view: logits/features without gradient (teacher signal, pseudo-labels);
     - strong target view: logits/features with gradient.
 
+    Teacher: by default (``teacher=None``, the papers' setting) the network itself produces the weak
+    view's signal. With ``teacher`` (an exponential moving average of the network, e.g.
+    ``torch.optim.swa_utils.AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(0.99),
+    use_buffers=True)``), the weak view's logits, features and pseudo-labels come from the teacher,
+    which is updated with ``teacher.update_parameters(network)`` after every optimiser step (and once
+    before the first step, so that it starts from the network's weights, a warm start included).
+
+    BatchNorm of the weak pass (``weak_bn``): ``"train"`` (default) normalises the weak target batch
+    with its own statistics; for the network itself this also updates its running statistics a
+    second time per step with target data (so they end up a source/target mixture, an implicit
+    AdaBN as in CAFA's separate source and target passes). ``"eval"`` uses the running statistics of
+    the model that produces the weak view and updates nothing. A teacher's own running statistics are
+    never moved by its forward pass: they are the average of the network's.
+
     The objective is ``loss_function(source_logits, source_labels) + sum_k w_k(t) * term_k`` where
     ``w_k(t)`` is each :class:`~mito_monai.engines.LossTerm`'s weight with its ramp-up. Every term
     (unweighted) and its current weight go into ``engine.state.output`` as ``loss_<name>`` and
@@ -44,7 +58,10 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         terms: name -> :class:`LossTerm`; inactive terms (weight 0 or ``enabled=False``) are skipped.
         target_weak_key, target_strong_key: batch keys of the two target views.
         amp_dtype: autocast dtype when ``amp`` is True (``torch.float16`` uses a gradient scaler on CUDA;
-            ``torch.bfloat16`` needs none and also works on CPU).
+            ``torch.bfloat16`` needs none and is the fast choice on CPUs with AVX-512 BF16 / AMX).
+        teacher: optional EMA teacher of ``network`` for the weak view (see above); must have
+            ``update_parameters(network)``.
+        weak_bn: ``"train"`` or ``"eval"``: BatchNorm mode of the weak (no-gradient) pass.
     """
 
     def __init__(
@@ -59,7 +76,9 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         terms: Mapping[str, LossTerm] | None = None,
         target_weak_key: str = "image_weak",
         target_strong_key: str = "image_strong",
-        amp_dtype: torch.dtype | str = torch.float16,
+        amp_dtype: torch.dtype | str = torch.bfloat16,
+        teacher: nn.Module | None = None,
+        weak_bn: str = "train",
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,
@@ -84,6 +103,15 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
             raise ValueError(
                 f"terms {sorted(self.active_terms)} act on the target domain, but no target_data_loader was given."
             )
+        if teacher is not None and not callable(getattr(teacher, "update_parameters", None)):
+            raise TypeError(
+                f"teacher must have update_parameters(network) (e.g. torch.optim.swa_utils.AveragedModel), "
+                f"got {type(teacher).__name__}."
+            )
+        if weak_bn not in ("train", "eval"):
+            raise ValueError(f"weak_bn must be 'train' or 'eval', got {weak_bn!r}.")
+        self.teacher = teacher
+        self.weak_bn = weak_bn
         self.target_data_loader = target_data_loader
         self.target_weak_key = target_weak_key
         self.target_strong_key = target_strong_key
@@ -93,12 +121,31 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         self._needs_strong = bool(needed & {"target_logits_strong", "target_features_strong"})
         self._needs_target_features = bool(needed & {"target_features_weak", "target_features_strong"})
 
-    def _forward(self, images: torch.Tensor, features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(
+        self, images: torch.Tensor, features: bool, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        model = self.network if model is None else model
         if features:
-            logits, feats = self.network(images, return_features=True)
+            logits, feats = model(images, return_features=True)
             return logits, feats
-        out = self.network(images)
+        out = model(images)
         return (out[0] if isinstance(out, (tuple, list)) else out), None
+
+    def _weak_forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weak view through the teacher (or the network), without gradient, in ``weak_bn`` mode."""
+        model = self.network if self.teacher is None else self.teacher
+        model.train(self.weak_bn == "train")
+        # a teacher's buffers (BatchNorm running statistics) are an average of the network's: its own
+        # train-mode forward must not move them
+        kept = [(b, b.clone()) for b in self.teacher.buffers()] if self.teacher is not None else []
+        try:
+            with torch.no_grad():
+                return self._forward(images, self._needs_target_features, model)
+        finally:
+            with torch.no_grad():
+                for buffer, value in kept:
+                    buffer.copy_(value)
+            self.network.train()
 
     def _iteration(self, engine: DomainAdaptationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -109,6 +156,8 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         step = engine.state.iteration - 1  # finished iterations before this one
+        if self.teacher is not None and int(getattr(self.teacher, "n_averaged", 1)) == 0:
+            self.teacher.update_parameters(engine.network)  # start from the network's (warm-start) weights
 
         target = None
         if self._needs_weak or self._needs_strong:
@@ -138,8 +187,7 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
             losses = {"loss_sup": sup.detach()}
             if target is not None:
                 if self._needs_weak:
-                    with torch.no_grad():
-                        w_logits, w_feats = self._forward(target[self.target_weak_key], self._needs_target_features)
+                    w_logits, w_feats = self._weak_forward(target[self.target_weak_key])
                     quantities["target_logits_weak"] = w_logits.detach()
                     quantities["target_pseudo_labels"] = w_logits.detach().argmax(dim=1, keepdim=True)
                     if w_feats is not None:
@@ -155,5 +203,7 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         self._backward_and_step(engine, total)
+        if self.teacher is not None:
+            self.teacher.update_parameters(engine.network)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -82,7 +82,7 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
         teacher: nn.Module | None = None,
         unlabelled_key: str = "image",
         teacher_key: str = "image",
-        amp_dtype: torch.dtype | str = torch.float16,
+        amp_dtype: torch.dtype | str = torch.bfloat16,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,

@@ -48,7 +48,7 @@ class TwoLoaderTrainer(SupervisedTrainer):
         self,
         *args: Any,
         second_data_loader: Iterable | None = None,
-        amp_dtype: torch.dtype | str = torch.float16,
+        amp_dtype: torch.dtype | str = torch.bfloat16,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)

@@ -3,11 +3,13 @@
 from mito_monai.handlers.checkpoint import (
     AtomicCheckpointSaver,
     atomic_torch_save,
+    init_from_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     resume_training,
 )
 from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
+from mito_monai.handlers.selection import LabelFreeSelection
 from mito_monai.handlers.report import (
     EvaluationReport,
     FinalEvaluation,
@@ -21,10 +23,12 @@ __all__ = [
     "AtomicCheckpointSaver",
     "EvaluationReport",
     "FinalEvaluation",
+    "LabelFreeSelection",
     "MLflowRunExtras",
     "flatten_params",
     "atomic_torch_save",
     "format_metrics_table",
+    "init_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
     "report_metrics",

@@ -14,7 +14,14 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["AtomicCheckpointSaver", "atomic_torch_save", "latest_checkpoint", "load_checkpoint", "resume_training"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "atomic_torch_save",
+    "init_from_checkpoint",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resume_training",
+]
 
 _CKPT_RE = re.compile(r"^checkpoint_iteration=(\d+)\.pt$")
 
@@ -55,6 +62,50 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+
+
+def init_from_checkpoint(
+    network: torch.nn.Module, path: str | os.PathLike | None, key: str = "model"
+) -> torch.nn.Module:
+    """Initialise ``network`` from a saved model before training (a warm start), in place.
+
+    ``path`` is a ``model.pt`` state dict (what training writes at the end) or a training checkpoint
+    ``checkpoint_iteration=N.pt`` whose ``key`` entry is the model's state dict. It is loaded with
+    ``weights_only=True`` and must fit the network exactly (same keys, same shapes); otherwise a
+    ``ValueError`` names the file and the first mismatches. Only the weights are taken: optimiser,
+    iteration counter and schedules start afresh. ``None`` or ``""`` leaves the network as it is.
+
+    Returns:
+        ``network`` (so a config can write ``$init_from_checkpoint(@network, @init_checkpoint)``).
+    """
+    if path is None or str(path) in ("", "None", "none"):
+        return network
+    state = load_checkpoint(path, map_location="cpu")
+    if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+        state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no model state dict (expected model.pt or a checkpoint with '{key}').")
+    module = _unwrap(network)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network"
+             for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})")
+        raise ValueError(
+            f"{path} does not fit the network {type(module).__name__}: {'; '.join(parts)}. "
+            "Was it trained with other channels / another network?"
+        )
+    module.load_state_dict(state)
+    logging.getLogger(__name__).info(f"initialised {type(module).__name__} from {path}")
+    return network
 
 
 def _unwrap(obj: Any) -> Any:

@@ -5,6 +5,7 @@ Calibration: ECE. See :mod:`mito_monai.metrics.segmentation` for the exact defin
 """
 
 from mito_monai.metrics.ignite_metrics import SegmentationMetrics, default_output_transform, from_logits_output
+from mito_monai.metrics.label_free import LABEL_FREE_CRITERIA, LabelFreeScores, binary_entropy, mask_agreement
 from mito_monai.metrics.segmentation import (
     CalibrationBins,
     average_precision,
@@ -17,6 +18,10 @@ from mito_monai.metrics.segmentation import (
 )
 
 __all__ = [
+    "LABEL_FREE_CRITERIA",
+    "LabelFreeScores",
+    "binary_entropy",
+    "mask_agreement",
     "CalibrationBins",
     "SegmentationMetrics",
     "average_precision",
