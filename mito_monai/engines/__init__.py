@@ -10,6 +10,7 @@ from mito_monai.engines.domain_adaptation import DomainAdaptationTrainer
 from mito_monai.engines.two_loader import TwoLoaderTrainer, cycle
 from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, SEMI_SUPERVISED_INPUTS, TERM_INPUTS, LossTerm
 from mito_monai.engines.methods import (
+    CAFA_CODE_TERMS,
     METHODS,
     SSL_METHODS,
     SSL_TERMS,
@@ -21,6 +22,7 @@ from mito_monai.engines.semi_supervised import SemiSupervisedTrainer
 from mito_monai.engines.schedules import sigmoid_rampup
 
 __all__ = [
+    "CAFA_CODE_TERMS",
     "DOMAIN_ADAPTATION_INPUTS",
     "DomainAdaptationTrainer",
     "SEMI_SUPERVISED_INPUTS",

@@ -7,10 +7,14 @@ different terms (DESIGN.md section 2); supervised-only, Mean Teacher, CPS and Du
 
 from __future__ import annotations
 
-__all__ = ["METHODS", "SSL_METHODS", "SSL_TERMS", "UNSUPERVISED_TERMS", "method_terms", "supervised_domain"]
+__all__ = ["CAFA_CODE_TERMS", "METHODS", "SSL_METHODS", "SSL_TERMS", "UNSUPERVISED_TERMS", "method_terms", "supervised_domain"]
 
 #: the unsupervised terms, in the order the trainer computes them
-UNSUPERVISED_TERMS = ("cf", "reg", "pro", "corr", "rank")
+UNSUPERVISED_TERMS = ("cf", "reg", "pro", "corr", "rank", "compact", "sep", "align")
+
+#: the terms taken from the public CAFA code rather than the papers' text (prototype alignment, DESIGN 3.7):
+#: switches on top of any method, off in every preset
+CAFA_CODE_TERMS = ("compact", "sep", "align")
 
 #: method name -> the unsupervised terms it uses
 METHODS: dict[str, tuple[str, ...]] = {

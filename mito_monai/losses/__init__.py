@@ -3,6 +3,8 @@
 R4MITO (DESIGN section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
 ``PrototypePseudoLabelLoss`` (L_pro), ``AgentCorrelationConsistencyLoss`` (L_corr),
 ``AgentRankConsistencyLoss`` (L_rank) and ``AgentRelationLoss`` (L_corr and L_rank sharing one agent step).
+From the public CAFA code (not in R4MITO's text): ``PrototypeAlignmentLoss`` (source compactness, prototype
+separation, target alignment).
 
 DualRel (DESIGN section 4): ``ReliablePrototypeConsistencyLoss`` (L_rpc), ``PrototypeDiversityLoss`` (L_div).
 Its semi-supervised baselines: ``SoftmaxConsistencyLoss`` (Mean Teacher), ``CrossPseudoSupervisionLoss`` (CPS).
@@ -25,6 +27,7 @@ from .agents import (
 )
 from .consistency import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
 from .dualrel import PrototypeDiversityLoss, ReliablePrototypeConsistencyLoss
+from .prototype_alignment import PrototypeAlignmentLoss
 from .prototype import PrototypePseudoLabelLoss, class_prototypes, cosine_similarity_map
 from .semi_supervised import CrossPseudoSupervisionLoss, SoftmaxConsistencyLoss
 
@@ -36,6 +39,7 @@ __all__ = [
     "AgentRelations",
     "CrossPseudoSupervisionLoss",
     "FeatureConsistencyLoss",
+    "PrototypeAlignmentLoss",
     "PrototypeDiversityLoss",
     "PrototypePseudoLabelLoss",
     "PseudoLabelConsistencyLoss",

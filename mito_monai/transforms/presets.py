@@ -12,6 +12,7 @@ from monai.transforms import (
     RandFlipd,
     RandRotate90d,
     RandSpatialCropd,
+    RandZoomd,
     SpatialPadd,
 )
 from monai.utils import ensure_tuple
@@ -39,6 +40,10 @@ def train_transforms(
     elastic_spacing: Sequence[float] | float = (32.0, 32.0),
     elastic_magnitude: Sequence[float] = (1.0, 3.0),
     elastic_prob: float = 0.5,
+    zoom: bool = False,
+    zoom_range: Sequence[float] = (0.8, 1.2),
+    photometric: Callable | None = None,
+    weak_transform: Callable | None = None,
 ) -> Compose:
     """Training pipeline for 2D slice samples ``{"image": (1, H, W), "label": (1, H, W)}``.
 
@@ -51,9 +56,15 @@ def train_transforms(
     4. ``RandFlipd`` on each spatial axis (p = 0.5 each) and ``RandRotate90d`` (p = 0.75, k in {1, 2, 3}, so the four
        rotations are equally likely);
     5. if ``elastic``: ``Rand2DElasticd`` (image bilinear, labels nearest, reflection padding);
-    6. if ``intensity``: mild brightness/contrast on the image (p = 0.5, +-0.1 each);
-    7. ``EnsureTyped``;
-    8. if ``paired_views``: :class:`WeakStrongViewsd` adds ``image_weak`` (= the image) and ``image_strong``.
+    6. if ``zoom``: ``RandZoomd`` (p = 0.5, factor in ``zoom_range``, the crop size kept; image bilinear,
+       labels nearest): the rescale augmentation of the CAFA code;
+    7. if ``intensity``: mild brightness/contrast on the image (p = 0.5, +-0.1 each);
+    8. ``EnsureTyped``;
+    9. if ``photometric``: that dictionary transform on the image (e.g. the strong photometric augmentation
+       :func:`~mito_monai.transforms.strong_photometric_transform` on labelled source crops, as the CAFA code
+       augments the source strongly too);
+    10. if ``paired_views``: :class:`WeakStrongViewsd` adds ``image_weak`` (the image, or ``weak_transform`` of
+        it) and ``image_strong``.
 
     Args:
         keys: image key followed by label keys.
@@ -66,6 +77,11 @@ def train_transforms(
         elastic_spacing: control-point spacing of the elastic grid, pixels.
         elastic_magnitude: range of the control-point displacement magnitude.
         elastic_prob: probability of the elastic deformation.
+        zoom: add the random rescale.
+        zoom_range: (min, max) zoom factor.
+        photometric: a dictionary transform applied to the image after the geometric steps.
+        weak_transform: for ``paired_views``, a photometric perturbation of the weak view (the CAFA code perturbs
+            the weak view mildly and the strong view more); ``None`` keeps the weak view unperturbed.
     """
     image_key, all_keys = _split_keys(keys)
     crop = ensure_tuple(crop_size)
@@ -93,11 +109,24 @@ def train_transforms(
                 allow_missing_keys=True,
             )
         )
+    if zoom:
+        low, high = (float(z) for z in zoom_range)
+        if not 0 < low <= high:
+            raise ValueError(f"zoom_range must be (min, max) with 0 < min <= max, got {zoom_range!r}.")
+        transforms.append(
+            RandZoomd(
+                all_keys, prob=0.5, min_zoom=low, max_zoom=high, keep_size=True,
+                mode=["bilinear"] + ["nearest"] * (len(all_keys) - 1), padding_mode="reflect",
+                allow_missing_keys=True,
+            )
+        )
     if intensity:
         transforms.append(RandBrightnessContrastd(image_key, prob=0.5, brightness=0.1, contrast=0.1))
     transforms.append(EnsureTyped(all_keys, allow_missing_keys=True))
+    if photometric is not None:
+        transforms.append(photometric)
     if paired_views:
-        transforms.append(WeakStrongViewsd(image_key, strong_transform=strong_transform))
+        transforms.append(WeakStrongViewsd(image_key, strong_transform=strong_transform, weak_transform=weak_transform))
     return Compose(transforms)
 
 

@@ -108,7 +108,8 @@ class WeakStrongViewsd(Randomizable, MapTransform):
     """Add a weak and a strong view of an image that share geometry pixel for pixel.
 
     The incoming ``data[key]`` is already the weak view (geometric augmentation and mild intensity done upstream).
-    This transform copies it to ``weak_key`` and writes ``strong_transform`` applied to another copy to
+    This transform copies it to ``weak_key`` (through ``weak_transform`` when given, a mild photometric
+    perturbation drawn independently of the strong one) and writes ``strong_transform`` applied to another copy to
     ``strong_key``; ``data[key]`` itself is left as is. As ``strong_transform`` must be photometric only, every pixel of
     the strong view sits where the same pixel of the weak view does.
 
@@ -119,6 +120,8 @@ class WeakStrongViewsd(Randomizable, MapTransform):
         keys: image key(s), default ``"image"``.
         strong_transform: a dictionary transform acting on ``keys`` (e.g. :func:`strong_photometric_transform`); it
             receives ``{key: copy_of_image}``. Default: ``strong_photometric_transform(keys)``.
+        weak_transform: optional photometric dictionary transform of the weak view (``None``: the weak view is the
+            incoming image unchanged).
         weak_key: output key of the weak view (one per key).
         strong_key: output key of the strong view (one per key).
         allow_missing_keys: don't raise if a key is missing (e.g. shared pipelines).
@@ -132,8 +135,13 @@ class WeakStrongViewsd(Randomizable, MapTransform):
         weak_key: KeysCollection = "image_weak",
         strong_key: KeysCollection = "image_strong",
         allow_missing_keys: bool = False,
+        weak_transform: Callable[[Mapping[Hashable, NdarrayOrTensor]], Mapping[Hashable, NdarrayOrTensor]]
+        | None = None,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
+        if weak_transform is not None and not callable(weak_transform):
+            raise TypeError(f"weak_transform must be callable, got {type(weak_transform).__name__}.")
+        self.weak_transform = weak_transform
         if strong_transform is None:
             strong_transform = strong_photometric_transform(self.keys, allow_missing_keys=True)
         if not callable(strong_transform):
@@ -155,12 +163,22 @@ class WeakStrongViewsd(Randomizable, MapTransform):
         super().set_random_state(seed=seed, state=state)
         if isinstance(self.strong_transform, Randomizable):
             self.strong_transform.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
+        if isinstance(self.weak_transform, Randomizable):
+            self.weak_transform.set_random_state(seed=int(self.R.randint(MAX_SEED, dtype="uint32")))
         return self
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
         for key, weak_key, strong_key in self.key_iterator(d, self.weak_keys, self.strong_keys):
             d[weak_key] = _copy(d[key])
+            if self.weak_transform is not None:
+                weak = self.weak_transform({key: d[weak_key]})
+                if not isinstance(weak, Mapping) or key not in weak:
+                    raise ValueError(
+                        f"weak_transform must be a dictionary transform that returns key {key!r}, "
+                        f"got {type(weak).__name__}."
+                    )
+                d[weak_key] = weak[key]
             strong = self.strong_transform({key: _copy(d[key])})
             if not isinstance(strong, Mapping) or key not in strong:
                 raise ValueError(
