@@ -56,7 +56,11 @@ def run_one(method: str, seed: int, args) -> dict:
     if res.returncode != 0 or not metrics_file.is_file():
         record["error"] = f"exit code {res.returncode}; see {run_dir / 'train.log'}"
         return record
-    record["metrics"] = json.loads(metrics_file.read_text())["metrics"]
+    final = json.loads(metrics_file.read_text())
+    record["metrics"] = final["metrics"]
+    selection = final.get("selection")
+    if selection:  # the label-free choice (never made with target labels) and, if recorded, the hindsight best
+        record["selection"] = {k: selection[k] for k in ("criterion", "iteration", "metrics", "best_in_hindsight") if k in selection}
     print(json.dumps(record), file=sys.stderr, flush=True)
     return record
 
