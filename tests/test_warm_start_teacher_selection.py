@@ -253,7 +253,7 @@ def test_selection_keeps_the_best_check_and_reports_its_test_metrics(tmp_path):
     out.write_text(json.dumps({"metrics": {"IoU": -1.0}}))
     selection = LabelFreeSelection(
         net, DataLoader(Unlabelled(), batch_size=2), evaluator=evaluator, criterion="entropy",
-        output_path=out, save_path=tmp_path / "model_selected.pt", hindsight=True,
+        output_path=out, save_path=tmp_path / "selected_model.pt", hindsight=True,
     )
     trainer = _trainer(net, epochs=3, epoch_length=2, handlers=[selection])
     snapshots = {}
@@ -270,7 +270,7 @@ def test_selection_keeps_the_best_check_and_reports_its_test_metrics(tmp_path):
     assert block["iteration"] == best["iteration"] and block["criterion"] == "entropy"
     # the selected model's test metrics are those of the weights at that iteration
     assert block["metrics"]["IoU"] == pytest.approx(float(snapshots[best["iteration"]]["head.weight"].sum()))
-    saved = torch.load(tmp_path / "model_selected.pt", weights_only=True)
+    saved = torch.load(tmp_path / "selected_model.pt", weights_only=True)
     assert torch.equal(saved["head.weight"], snapshots[best["iteration"]]["head.weight"])
     # the network ends with its final weights, not the selected ones
     assert torch.equal(net.head.weight, final["head.weight"])
