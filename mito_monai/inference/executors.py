@@ -98,9 +98,10 @@ class DaskExecutor:
                 ) from None
         else:
             threads = max(1, (os.cpu_count() or 1) // self.workers)
+            # worker processes talk TCP on 127.0.0.1; thread workers share this process (in-process comms)
+            extra = {"host": "127.0.0.1", "env": {"OMP_NUM_THREADS": str(threads)}} if self.processes else {}
             self.cluster = LocalCluster(
-                n_workers=self.workers, threads_per_worker=1, processes=self.processes, host="127.0.0.1",
-                dashboard_address=None, env={"OMP_NUM_THREADS": str(threads)} if self.processes else None,
+                n_workers=self.workers, threads_per_worker=1, processes=self.processes, dashboard_address=None, **extra
             )
             self.client = Client(self.cluster)
         return self
@@ -133,10 +134,10 @@ class DaskExecutor:
                 f.cancel()
 
 
-def make_executor(scheduler: str = "local", workers: int = 2, address: str | None = None):
+def make_executor(scheduler: str = "local", workers: int = 2, address: str | None = None, processes: bool = True):
     """``local`` -> :class:`InProcessExecutor`; ``dask`` -> :class:`DaskExecutor`."""
     if scheduler == "local":
         return InProcessExecutor()
     if scheduler == "dask":
-        return DaskExecutor(workers=workers, address=address)
+        return DaskExecutor(workers=workers, address=address, processes=processes)
     raise ValueError(f"scheduler must be 'local' or 'dask', got {scheduler!r}.")

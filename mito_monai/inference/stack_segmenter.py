@@ -224,6 +224,7 @@ class StackSegmenter:
         scheduler: str = "local",
         dask_workers: int = 2,
         dask_address: str | None = None,
+        dask_processes: bool = True,
         resume: bool = False,
         progress: bool = True,
         missing_chunks: str = "error",
@@ -241,7 +242,8 @@ class StackSegmenter:
             block_slices, block_tile: block size (slices x square tiles); the tile must be at least the
                 window unless it covers the whole slice.
             scheduler: ``local`` (this process) or ``dask`` (Dask distributed; zarr output only): a
-                ``LocalCluster`` of ``dask_workers`` processes, or the scheduler at ``dask_address``.
+                ``LocalCluster`` of ``dask_workers`` processes (threads with ``dask_processes=False``), or
+                the scheduler at ``dask_address`` (a wrong address fails after 5 s).
             resume: with zarr output, skip the blocks an interrupted run recorded as done in
                 ``output_dir/blocks_done`` (the settings must be the same).
             progress: show a progress bar over the blocks.
@@ -289,7 +291,7 @@ class StackSegmenter:
             "save_probabilities": save_probabilities, "save_masks": save_masks,
         }
         stats_plan = BlockPlan(shape, plan.block_shape)
-        with make_executor(scheduler, dask_workers, dask_address) as executor:
+        with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
             if resuming:
                 stats = record.load_settings(settings)
             else:
