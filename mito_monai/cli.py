@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-__all__ = ["main", "compare", "dataset_info", "evaluate", "download", "make_demo"]
+__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "download", "make_demo"]
 
 
 def _print_json(obj: Any) -> None:
@@ -32,17 +32,44 @@ def evaluate(
     threshold: float = 0.5,
     prediction_key: str | None = None,
     label_key: str | None = None,
+    instances: bool = False,
+    probabilities: str | None = None,
 ) -> None:
     """Score a foreground-probability stack against a label stack and print the metrics as JSON.
 
     PREDICTION: probabilities in [0, 1] (float), or 8/16-bit integers scaled to [0, 1]; LABEL: any
     label stack (binarised as non-zero). Any supported format (TIFF, image folder, HDF5 with
-    ``file.h5:key`` or --prediction_key/--label_key, NIfTI, ITK). Prints mAP, F1, MCC, IoU (per slice,
-    averaged; the UDA papers' convention), Dice and Jaccard (whole volume; the SSL papers'), ECE (15 bins).
+    ``file.h5:key`` or --prediction_key/--label_key, NIfTI, ITK, zarr / OME-Zarr). Prints mAP, F1, MCC,
+    IoU (per slice, averaged; the UDA papers' convention), Dice and Jaccard (whole volume; the SSL
+    papers'), ECE (15 bins).
+
+    --instances true: PREDICTION and LABEL are 3D instance-ID volumes (e.g. from ``instances``); prints
+    MitoEM's AP50 and AP75 (COCO-style AP in 3D). --probabilities: foreground probabilities that give
+    each predicted instance its score (its mean probability); without them the score is its size.
     """
     import numpy as np
 
     from mito_monai.data import DataError, read_volume
+
+    if instances:
+        from mito_monai.metrics import instance_metrics
+
+        pred = read_volume(prediction, key=prediction_key)
+        lab = read_volume(label, key=label_key)
+        for name, arr in ((prediction, pred), (label, lab)):
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise DataError(f"{name} holds {arr.dtype} values; expected integer instance IDs (0 = background).")
+        if pred.shape != lab.shape:
+            raise DataError(f"prediction {prediction} has shape {list(pred.shape)} but label {label} has {list(lab.shape)}.")
+        prob = None
+        if probabilities is not None:
+            prob = read_volume(probabilities)
+            if prob.shape != pred.shape:
+                raise DataError(f"probabilities {probabilities} have shape {list(prob.shape)}, not {list(pred.shape)}.")
+            if np.issubdtype(prob.dtype, np.integer):
+                prob = prob.astype(np.float32) / float(np.iinfo(prob.dtype).max)
+        _print_json(instance_metrics(pred, lab, prob))
+        return
     from mito_monai.metrics import segmentation_metrics
 
     prob = read_volume(prediction, key=prediction_key)
@@ -58,6 +85,35 @@ def evaluate(
             f"prediction {prediction} has values in [{lo:g}, {hi:g}]; expected foreground probabilities in [0, 1]."
         )
     _print_json(segmentation_metrics(prob, lab, threshold=threshold))
+
+
+def instances(
+    masks: str,
+    output: str,
+    masks_key: str | None = None,
+    min_size: int = 0,
+    connectivity: int = 26,
+    split: str = "none",
+    block_slices: int = 64,
+    block_tile: int = 1024,
+    overwrite: bool = False,
+) -> None:
+    """Label the 3D connected mitochondria of the mask stack MASKS into OUTPUT (instance IDs 1..N).
+
+    MASKS: any supported stack (non-zero = mitochondria), e.g. ``out/segmentation.ome.zarr/labels/mask``.
+    OUTPUT: ``instances.zarr`` (an OME-Zarr label image written block by block) or any other format.
+    --connectivity 26 (default), 18 or 6; --min_size drops smaller instances (voxels); the volume is
+    processed in blocks of --block_slices x --block_tile x --block_tile, merged across block borders.
+    --split: only ``none`` (touching mitochondria stay one instance) is available.
+    """
+    from mito_monai.inference.instances import label_instances
+
+    if split != "none":
+        raise ValueError(f"--split {split!r} is not available; only --split none (connected components) is.")
+    _print_json(
+        label_instances(masks, output, key=masks_key, min_size=min_size, connectivity=connectivity,
+                        block_shape=(block_slices, block_tile, block_tile), overwrite=overwrite)
+    )
 
 
 def download(name: str, root: str, overwrite: bool = False) -> None:
@@ -104,6 +160,7 @@ COMMANDS = {
     "compare": compare,
     "dataset-info": dataset_info,
     "evaluate": evaluate,
+    "instances": instances,
     "download": download,
     "make-demo": make_demo,
 }

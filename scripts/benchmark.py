@@ -8,15 +8,18 @@ iterations/s of one SemiSupervisedTrainer step of supervised-only, Mean Teacher,
 DualRelNet (terms wired as in ``bundles/dualrel/configs/train.json``; paper setting 512 x 512, batch 4
 labelled + 4 unlabelled), and each one's time relative to supervised-only.
 
-Inference: voxels/s of whole-stack segmentation (``StackSegmenter``) from a TIFF stack written to
-a temporary folder, and the peak memory of that process for two stack depths: peak memory must not
-grow with the number of slices.
+Inference: voxels/s of whole-stack segmentation (``StackSegmenter``, block-wise) from a TIFF or zarr
+stack written to a temporary folder, and the peak memory of that process for two stack depths: peak
+memory must not grow with the number of slices. ``--plain_forward`` also times the bare float32 forward
+of the same network on whole slices, the reference the whole-stack throughput is compared with.
 
 Examples::
 
     python scripts/benchmark.py --device cpu --crop 128 --batch 2 --iterations 10 \
         --ssl_crop 128 --ssl_depth 18 --ssl_embed 32 --ssl_decoder 128 64 32 16 16
     python scripts/benchmark.py --device cuda --crop 512 --batch 2 --iterations 50 --amp
+    python scripts/benchmark.py --inference_only --channels 16 32 64 128 --slice 1024 --slice_y 768 \
+        --roi 512 --depths 2 --input_format zarr --plain_forward --amp --channels_last
 """
 
 from __future__ import annotations
@@ -188,39 +191,78 @@ def _forward_args(args) -> list[str]:
     return [
         "--device", args.device, "--slice", str(args.slice), "--roi", str(args.roi),
         "--channels", *map(str, args.channels), *(["--amp"] if args.amp else []),
+        *(["--slice_y", str(args.slice_y)] if args.slice_y else []), "--input_format", args.input_format,
+        "--block_slices", str(args.block_slices), "--block_tile", str(args.block_tile), "--overlap", str(args.overlap),
+        *(["--channels_last"] if args.channels_last else []), *(["--plain_forward"] if args.plain_forward else []),
     ]
+
+
+def _plain_forward(seg, shape: tuple[int, int], depth: int, amp: bool) -> float:
+    """Voxels/s of the bare network on whole slices (batch 1, no windows, no I/O), after one warm-up."""
+    x = torch.rand(1, 1, *shape, device=seg.device)
+    seg.amp, amp_before = amp, seg.amp
+    seg._forward(x)
+    t0 = time.perf_counter()
+    for _ in range(depth):
+        seg._forward(x)
+    if seg.device.type == "cuda":
+        torch.cuda.synchronize()
+    seg.amp = amp_before
+    return depth * shape[0] * shape[1] / (time.perf_counter() - t0)
 
 
 def _inference_child(args) -> None:
     import tifffile
+    import zarr
 
     from mito_monai.inference import StackSegmenter
     from mito_monai.networks.nets import MitoUNet
 
     depth = args._inference_depth
+    shape = (args.slice_y or args.slice, args.slice)
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Path(tmp) / "stack.tif"
         rng = np.random.default_rng(0)
-        with tifffile.TiffWriter(stack, bigtiff=True) as tif:
-            for _ in range(depth):
-                tif.write(rng.integers(0, 256, (args.slice, args.slice), dtype=np.uint8), contiguous=True)
+        if args.input_format == "zarr":
+            stack = Path(tmp) / "stack.zarr"
+            arr = zarr.create_array(stack, shape=(depth, *shape), chunks=(1, 512, 512), dtype="u1")
+            for z in range(depth):
+                arr[z] = rng.integers(0, 256, shape, dtype=np.uint8)
+        else:
+            stack = Path(tmp) / "stack.tif"
+            with tifffile.TiffWriter(stack, bigtiff=True) as tif:
+                for _ in range(depth):
+                    tif.write(rng.integers(0, 256, shape, dtype=np.uint8), contiguous=True)
         base = _peak_rss_mib()
-        seg = StackSegmenter(MitoUNet(channels=tuple(args.channels)), roi_size=(args.roi, args.roi), device=args.device, amp=args.amp)
+        seg = StackSegmenter(
+            MitoUNet(channels=tuple(args.channels)), roi_size=(args.roi, args.roi), device=args.device, amp=args.amp,
+            channels_last=args.channels_last,
+        )
+        seg.overlap = args.overlap
         if torch.device(args.device).type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        seg.run(stack, Path(tmp) / "out", preview=False)
+        seg.run(stack, Path(tmp) / "out", preview=False, output_format=args.input_format, block_slices=args.block_slices,
+                block_tile=args.block_tile, progress=False)
         if torch.device(args.device).type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         out = {
-            "stack_shape": [depth, args.slice, args.slice],
+            "stack_shape": [depth, *shape],
+            "format": args.input_format,
             "roi": [args.roi, args.roi],
+            "overlap": args.overlap,
+            "block": [args.block_slices, args.block_tile, args.block_tile],
+            "amp": args.amp,
+            "channels_last": args.channels_last,
             "seconds": dt,
-            "voxels_per_s": depth * args.slice * args.slice / dt,
+            "voxels_per_s": depth * shape[0] * shape[1] / dt,
             "peak_rss_mib": _peak_rss_mib(),
             "rss_before_run_mib": base,
         }
+        if args.plain_forward:
+            plain32 = _plain_forward(seg, shape, min(depth, 3), amp=False)
+            out["plain_forward_fp32_voxels_per_s"] = plain32
+            out["stack_vs_plain_fp32"] = out["voxels_per_s"] / plain32
         if torch.device(args.device).type == "cuda":
             out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
@@ -240,6 +282,15 @@ def main() -> None:
     p.add_argument("--slice", type=int, default=1024, help="inference: slice size (Y = X)")
     p.add_argument("--roi", type=int, default=512, help="inference: sliding-window size")
     p.add_argument("--depths", type=int, nargs="+", default=[2, 8], help="inference: stack depths to compare")
+    p.add_argument("--slice_y", type=int, default=None, help="inference: slice height if not square (e.g. 768)")
+    p.add_argument("--input_format", choices=["tif", "zarr"], default="tif", help="inference: stack (and output) format")
+    p.add_argument("--block_slices", type=int, default=4, help="inference: slices per block")
+    p.add_argument("--block_tile", type=int, default=2048, help="inference: tile size of a block")
+    p.add_argument("--overlap", type=float, default=0.5, help="inference: sliding-window overlap")
+    p.add_argument("--channels_last", action="store_true", help="inference: channels-last network")
+    p.add_argument("--plain_forward", action="store_true",
+                   help="inference: also time the bare float32 forward on whole slices (the throughput reference)")
+    p.add_argument("--inference_only", action="store_true", help="skip the training benchmarks")
     p.add_argument("--ssl_methods", nargs="*", default=["supervised", "mean_teacher", "cps", "dualrel"],
                    help="semi-supervised methods to time with DualRelNet (none: skip)")
     p.add_argument("--ssl_crop", type=int, default=512, help="DualRel crop (paper: 512)")
@@ -264,8 +315,8 @@ def main() -> None:
         "batch": args.batch,
         "channels": args.channels,
         "amp": args.amp,
-        "train": [bench_train(m, args) for m in args.methods],
-        "semi_supervised": [bench_ssl(m, args) for m in args.ssl_methods],
+        "train": [] if args.inference_only else [bench_train(m, args) for m in args.methods],
+        "semi_supervised": [] if args.inference_only else [bench_ssl(m, args) for m in args.ssl_methods],
     }
     sup = next((r for r in result["train"] if r["method"] == "supervised"), None)
     base = next((r for r in result["train"] if r["method"] == "baseline"), None)

@@ -106,6 +106,15 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     for key in ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard"):
         assert rescored[key] == pytest.approx(evaluated[key], abs=2e-3), key
 
+    # the same command with --output_format zarr writes one OME-Zarr store with the same figures
+    _run(
+        "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+        output_dir=str(tmp_path / "seg_zarr"), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
+        output_format="zarr", block_tile=64,
+    )
+    np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
+    np.testing.assert_array_equal(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr" / "labels" / "mask"), mask)
+
     # inference never overwrites earlier outputs unless asked
     before = (seg_dir / "probabilities.tif").read_bytes()
     with pytest.raises(Exception) as err:

@@ -185,6 +185,11 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
     from mito_monai.data import load_split
     from mito_monai.metrics import segmentation_metrics
 
+    # --output_format zarr: one OME-Zarr store, the same probabilities
+    _run("inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+         output_dir=str(tmp_path / "seg_zarr"), output_format="zarr", **NET)
+    np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
+
     _, label = load_split("lucchi_pp", demo / "target", "test")
     rescored = segmentation_metrics(prob, label)
     for key in ("Dice", "Jaccard", "ECE", "IoU"):

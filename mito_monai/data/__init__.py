@@ -26,6 +26,8 @@ from mito_monai.data.layouts import (
     load_split,
     split_files,
 )
+from mito_monai.data.volume import SlabBoxWriter, Volume, box_to_str, open_volume
+from mito_monai.data.zarr_store import ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_zarr_volume
 from mito_monai.data.partitions import (
     PARTITIONS,
     Partition,
@@ -54,6 +56,14 @@ __all__ = [
     "VolumeWriter",
     "open_volume_writer",
     "natural_sort_key",
+    "Volume",
+    "open_volume",
+    "box_to_str",
+    "SlabBoxWriter",
+    "ZarrBoxWriter",
+    "create_ome_zarr_image",
+    "is_zarr_path",
+    "open_zarr_volume",
     "list_image_files",
     "LAYOUTS",
     "SplitFiles",

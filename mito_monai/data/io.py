@@ -10,7 +10,9 @@ Supported formats (by file suffix, case-insensitive):
 - NIfTI (``.nii``, ``.nii.gz``) through nibabel; nibabel's (X, Y, Z) order is transposed to (Z, Y, X);
 - single-file formats read by ITK (``.mha``, ``.mhd``, ``.nrrd``, ``.nhdr``, ``.vtk``, ``.gipl``,
   ``.mrc``, ``.rec``);
-- a single 2D image file (PNG/JPEG/BMP, or a one-page TIFF) becomes a (1, Y, X) volume.
+- a single 2D image file (PNG/JPEG/BMP, or a one-page TIFF) becomes a (1, Y, X) volume;
+- zarr v2/v3 arrays, groups and OME-Zarr images (``vol.zarr``, ``vol.zarr/raw``), see
+  :mod:`mito_monai.data.zarr_store`; for lazy box-wise access use :func:`mito_monai.data.open_volume`.
 
 Folders of slices: hidden files (names starting with ``.``, e.g. ``.DS_Store``), ``Thumbs.db`` and
 ``desktop.ini`` are ignored, and so are sub-folders; any other file that is not an image (for
@@ -40,6 +42,7 @@ from types import TracebackType
 import numpy as np
 
 from mito_monai.data.errors import DataError
+from mito_monai.data.zarr_store import is_zarr_path, open_zarr_volume
 
 __all__ = [
     "IMAGE_SLICE_EXTENSIONS",
@@ -426,6 +429,9 @@ def read_volume(path: PathLike, key: str | None = None, *, label: bool = False) 
             slices of different shapes, wrong HDF5 key, NaN/Inf voxels, colour label image, or an
             unknown suffix.
     """
+    if is_zarr_path(path):
+        info = open_zarr_volume(path, key)
+        return _finish(np.asarray(info.array[info.index]), Path(info.name), label)
     path, key = split_h5_path(path, key)
     _require_exists(path)
     if path.is_dir():
@@ -460,6 +466,9 @@ def probe_volume(path: PathLike, key: str | None = None) -> tuple[tuple[int, int
     Folders are probed from their first slice and their number of files; TIFF, HDF5 and NIfTI from
     their headers; other formats are read.
     """
+    if is_zarr_path(path):
+        info = open_zarr_volume(path, key)
+        return info.shape, np.dtype(info.array.dtype)
     path, key = split_h5_path(path, key)
     _require_exists(path)
     if path.is_dir():

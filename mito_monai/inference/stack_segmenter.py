@@ -1,28 +1,38 @@
-"""Whole-stack segmentation: slice by slice, window by window, streamed to disk."""
+"""Whole-stack segmentation of volumes of any size: block by block, window by window, streamed to disk."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.data.utils import compute_importance_map
+from monai.inferers import Inferer
 from torch import nn
 
-from mito_monai.inference.sources import SliceSource
+from mito_monai.data import DataError, SlabBoxWriter, ZarrBoxWriter, create_ome_zarr_image, open_volume, open_volume_writer
+from mito_monai.inference.blocks import Block, BlockPlan, window_starts
+from mito_monai.inference.executors import make_executor
+from mito_monai.inference.tasks import BlocksDone, BlockSegmentation, SliceStats, merge_slice_stats
 from mito_monai.transforms import NormalizePerSlice
 
 __all__ = ["StackSegmenter", "normalize_slice", "OUTPUT_SUFFIXES"]
 
 _NORMALIZE = NormalizePerSlice()
 
-#: output format name -> file suffix ("png" writes a folder of PNG slices)
-OUTPUT_SUFFIXES = {"tif": ".tif", "tiff": ".tif", "h5": ".h5", "hdf5": ".h5", "nii": ".nii.gz", "png": ""}
+#: output format name -> file suffix ("png" writes a folder of PNG slices, "zarr" an OME-Zarr store)
+OUTPUT_SUFFIXES = {
+    "tif": ".tif", "tiff": ".tif", "h5": ".h5", "hdf5": ".h5", "nii": ".nii.gz", "png": "",
+    "zarr": ".ome.zarr", "ome-zarr": ".ome.zarr",
+}
+_ZARR_STORE = "segmentation.ome.zarr"
+_MASK_LABEL = "mask"
 
 
 def normalize_slice(image: np.ndarray) -> np.ndarray:
@@ -37,22 +47,33 @@ def normalize_slice(image: np.ndarray) -> np.ndarray:
     return np.asarray(_NORMALIZE(image), dtype=np.float32)
 
 
+def _largest_divisor(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
 class StackSegmenter:
     """Segment mitochondria in a (Z, Y, X) stack of any size with a 2D network.
 
-    Each slice is normalised, run through a sliding-window inferer (Gaussian-weighted overlap,
-    reflect padding, so any slice size works) and its foreground probability (softmax channel 1
-    of 2-class logits, or sigmoid of 1-channel logits) is written to disk before the next slice is
-    read: peak memory is one slice plus the windows, whatever the number of slices.
+    The volume is cut into blocks of ``block_slices`` slices x ``block_tile`` square tiles
+    (:class:`~mito_monai.inference.blocks.BlockPlan`). Sliding windows (Gaussian-weighted overlap,
+    MONAI's weighting) lie on one lattice fixed by the whole slice; a block reads its core plus a halo of
+    one window, runs every window that touches its core (in batches of ``sw_batch_size``, across the
+    block's slices and tiles), blends them and writes back only its core. So the output is the same for
+    any block grid, and peak memory is set by the block size, not the volume. Each slice is min-max
+    normalised with its own minimum and maximum over the whole slice (a first, read-only pass), as in
+    training. Slices smaller than the window are reflect-padded to it.
+
+    The foreground probability is softmax channel 1 of 2-class logits, or the sigmoid of 1-channel logits.
 
     Args:
-        network: a 2D network giving (B, 2, H, W) or (B, 1, H, W) logits.
-        inferer: defaults to ``SlidingWindowInferer(roi_size, sw_batch_size=4, overlap=0.5,
-            mode="gaussian", padding_mode="reflect")``.
-        roi_size: window size of the default inferer (the papers use 512 x 512).
+        network: a 2D network giving (B, 2, H, W) or (B, 1, H, W) logits (or a tuple whose first entry is).
+        inferer: a :class:`monai.inferers.SlidingWindowInferer` whose ``roi_size``, ``sw_batch_size``,
+            ``overlap``, ``mode`` and ``sigma_scale`` are used; defaults to ``roi_size``, 4, 0.5, gaussian.
+        roi_size: window size when no inferer is given (the papers use 512 x 512).
         device: where the network runs.
         threshold: foreground probability at or above which a pixel is mitochondria.
         amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA).
+        channels_last: run the network in channels-last memory format (faster on CPU with ``amp``).
         checkpoint: optional path of a ``model.pt`` (state dict, loaded with ``weights_only=True``).
     """
 
@@ -65,6 +86,7 @@ class StackSegmenter:
         threshold: float = 0.5,
         amp: bool = False,
         checkpoint: str | os.PathLike | None = None,
+        channels_last: bool = False,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
@@ -82,28 +104,110 @@ class StackSegmenter:
                 raise ValueError(
                     f"{checkpoint} does not fit this network (were the channels changed?): {str(e).splitlines()[0]}"
                 ) from e
-        self.inferer = inferer or SlidingWindowInferer(
-            roi_size=tuple(roi_size), sw_batch_size=4, overlap=0.5, mode="gaussian", padding_mode="reflect"
-        )
+        if inferer is not None:
+            if not hasattr(inferer, "roi_size"):
+                raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
+            roi_size = inferer.roi_size
+            self.sw_batch_size = int(inferer.sw_batch_size)
+            self.overlap = float(np.max(inferer.overlap))
+            self.mode, self.sigma_scale = str(getattr(inferer.mode, "value", inferer.mode)), inferer.sigma_scale
+        else:
+            self.sw_batch_size, self.overlap, self.mode, self.sigma_scale = 4, 0.5, "gaussian", 0.125
+        self.roi_size = tuple(int(r) for r in roi_size)
+        if len(self.roi_size) != 2 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size must be two positive sizes (Y, X), got {roi_size}.")
         self.threshold = threshold
         self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self._weights = None
         self.logger = logging.getLogger(__name__)
 
+    # the network on windows -------------------------------------------------------------------
+    def _importance(self) -> torch.Tensor:
+        if self._weights is None:
+            self._weights = compute_importance_map(
+                self.roi_size, mode=self.mode, sigma_scale=self.sigma_scale, device=self.device
+            ).float()
+        return self._weights
+
     @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            logits = self.network(x)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return logits.float()
+
+    def predict_region(self, image: np.ndarray, origin: Sequence[int], core: Sequence[slice], full: Sequence[int]) -> np.ndarray:
+        """Foreground probability (Z, cy, cx) float32 of the ``core`` (y, x) box of normalised slices.
+
+        Args:
+            image: (Z, H, W) normalised slices, the region ``origin`` (y0, x0) .. of the whole slice.
+            origin: global (y, x) position of ``image[:, 0, 0]``.
+            core: global (y, x) slices to predict; every window touching them must lie inside ``image``.
+            full: (Y, X) size of the whole slice (fixes the window lattice).
+        """
+        pads, starts, offset = [], [], []
+        for axis in range(2):
+            length, roi = int(full[axis]), self.roi_size[axis]
+            if length < roi:  # the whole axis is in the region: reflect-pad it to one window, like MONAI
+                before = (roi - length) // 2
+                pads.append((before, roi - length - before))
+                starts.append([-before])
+            else:
+                pads.append((0, 0))
+                c = core[axis]
+                starts.append([s for s in window_starts(length, roi, self.overlap) if s < c.stop and s + roi > c.start])
+            offset.append(int(origin[axis]) - pads[-1][0])
+        if any(p != (0, 0) for p in pads):
+            image = np.pad(image, [(0, 0), *pads], mode="reflect" if min(image.shape[1:]) > 1 else "edge")
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
+        weights = self._importance()
+        ry, rx = self.roi_size
+        windows = [(z, sy - offset[0], sx - offset[1]) for z in range(x.shape[0]) for sy in starts[0] for sx in starts[1]]
+        acc = wsum = None
+        for i in range(0, len(windows), self.sw_batch_size):
+            batch = windows[i : i + self.sw_batch_size]
+            logits = self._forward(torch.cat([x[z : z + 1, :, iy : iy + ry, ix : ix + rx] for z, iy, ix in batch]))
+            if acc is None:
+                acc = torch.zeros((x.shape[0], logits.shape[1], *x.shape[2:]), device=self.device)
+                wsum = torch.zeros(x.shape[2:], device=self.device)
+                counted = set()
+            for (z, iy, ix), out in zip(batch, logits):
+                acc[z, :, iy : iy + ry, ix : ix + rx] += out * weights
+                if (iy, ix) not in counted:
+                    wsum[iy : iy + ry, ix : ix + rx] += weights
+                    counted.add((iy, ix))
+        cy = slice(core[0].start - offset[0], core[0].stop - offset[0])
+        cx = slice(core[1].start - offset[1], core[1].stop - offset[1])
+        logits = acc[:, :, cy, cx] / wsum[cy, cx]
+        prob = torch.softmax(logits, dim=1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
+        return prob.cpu().numpy().astype(np.float32)
+
     def predict_slice(self, image: np.ndarray) -> np.ndarray:
         """Foreground probability (Y, X) float32 of one raw 2D slice (Y, X)."""
         if image.ndim != 2:
             raise ValueError(f"expected one 2D slice (Y, X), got shape {image.shape}.")
-        x = torch.from_numpy(normalize_slice(image))[None, None].to(self.device)
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
-            logits = self.inferer(x, self.network)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        logits = logits.float()
-        prob = torch.softmax(logits, dim=1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
-        return prob[0].cpu().numpy().astype(np.float32)
+        full = image.shape
+        return self.predict_region(normalize_slice(image)[None], (0, 0), (slice(0, full[0]), slice(0, full[1])), full)[0]
 
+    def predict_block(self, raw: np.ndarray, block: Block, low: np.ndarray, high: np.ndarray, full: Sequence[int]) -> np.ndarray:
+        """Probabilities of ``block.core`` from its ``raw`` read box (Z, H, W), normalised with the
+        per-slice ``low``/``high`` of the whole slices (one entry per slice of the block)."""
+        raw = np.asarray(raw)
+        raw = raw.astype(np.float64 if raw.dtype == np.float64 else np.float32, copy=False)
+        span = high - low
+        norm = (raw - low[:, None, None]) / np.where(span > 0, span, 1.0)[:, None, None]
+        origin = (block.read[1].start, block.read[2].start)
+        return self.predict_region(norm.astype(np.float32), origin, block.core[1:], full)
+
+    # the whole stack --------------------------------------------------------------------------
     def run(
         self,
         input_path: str | os.PathLike,
@@ -114,75 +218,158 @@ class StackSegmenter:
         save_masks: bool = True,
         preview: bool = True,
         overwrite: bool = False,
+        probabilities_dtype: str = "float32",
+        block_slices: int = 4,
+        block_tile: int = 2048,
+        scheduler: str = "local",
+        dask_workers: int = 2,
+        dask_address: str | None = None,
+        dask_processes: bool = True,
+        resume: bool = False,
+        progress: bool = True,
+        missing_chunks: str = "error",
     ) -> dict[str, str]:
         """Segment the stack at ``input_path`` and write ``probabilities`` / ``masks`` into ``output_dir``.
 
-        Probabilities are float32 in [0, 1]; masks are uint8 with mitochondria = 255 (0/255 opens
-        as black/white in any viewer; readers here binarise by non-zero). ``output_format`` is one of
-        ``tif``, ``h5``, ``nii``, ``png`` (PNG cannot hold float32: probabilities are then written as
-        uint8 0-255). Existing outputs are never overwritten unless ``overwrite``.
+        Probabilities are float32 in [0, 1] (or uint8 0-255 with ``probabilities_dtype="uint8"``, and
+        always for PNG); masks are uint8 with mitochondria = 255 (readers here binarise by non-zero).
+        ``output_format`` is one of ``tif``, ``h5``, ``nii``, ``png`` or ``zarr``; ``zarr`` writes one
+        OME-Zarr store ``segmentation.ome.zarr`` (the probabilities as the image, the mask as the label
+        image ``labels/mask``, chunked, with the input's voxel size). Existing outputs are never
+        overwritten unless ``overwrite``.
+
+        Args:
+            block_slices, block_tile: block size (slices x square tiles); the tile must be at least the
+                window unless it covers the whole slice.
+            scheduler: ``local`` (this process) or ``dask`` (Dask distributed; zarr output only): a
+                ``LocalCluster`` of ``dask_workers`` processes (threads with ``dask_processes=False``), or
+                the scheduler at ``dask_address`` (a wrong address fails after 5 s).
+            resume: with zarr output, skip the blocks an interrupted run recorded as done in
+                ``output_dir/blocks_done`` (the settings must be the same).
+            progress: show a progress bar over the blocks.
+            missing_chunks: a zarr input's absent chunk files are an error naming the block (``error``) or
+                read as the fill value (``fill``, zarr's convention for empty chunks).
 
         Returns:
             name -> written path (``probabilities``, ``masks``, ``preview``, ``summary``).
         """
-        from mito_monai.data.io import open_volume_writer
-
         fmt = output_format.lower().lstrip(".")
         if fmt not in OUTPUT_SUFFIXES:
             raise ValueError(f"output_format must be one of {sorted(set(OUTPUT_SUFFIXES))}, got {output_format!r}.")
+        zarr_out = OUTPUT_SUFFIXES[fmt] == ".ome.zarr"
         if not (save_probabilities or save_masks):
             raise ValueError("nothing to write: save_probabilities and save_masks are both False.")
+        if probabilities_dtype not in ("float32", "uint8"):
+            raise ValueError(f"probabilities_dtype must be 'float32' or 'uint8', got {probabilities_dtype!r}.")
+        if scheduler not in ("local", "dask"):
+            raise ValueError(f"scheduler must be 'local' or 'dask', got {scheduler!r}.")
+        if scheduler == "dask" and not zarr_out:
+            raise ValueError("--scheduler dask writes blocks straight into the output store: use --output_format zarr.")
+        if resume and not zarr_out:
+            raise ValueError("--resume needs a block-wise output: use --output_format zarr.")
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         suffix = OUTPUT_SUFFIXES[fmt]
-        prob_dtype = np.uint8 if fmt == "png" else np.float32
-        outputs = {"probabilities": prob_dtype} if save_probabilities else {}
-        if save_masks:
-            outputs["masks"] = np.uint8
-        with SliceSource(input_path, key=key) as source, ExitStack() as stack:
-            shape = source.shape
-            middle = shape[0] // 2
-            preview_path = output_dir / f"preview_z{middle:04d}.png"
-            summary_path = output_dir / "summary.json"
-            for extra in ([preview_path] if preview else []) + [summary_path]:
-                if extra.exists() and not overwrite:
-                    raise FileExistsError(f"{extra} exists; pass overwrite=True (--overwrite true) to replace it.")
-            writers = {
-                name: stack.enter_context(open_volume_writer(output_dir / f"{name}{suffix}", shape, dtype, overwrite=overwrite))
-                for name, dtype in outputs.items()
-            }
-            fg_voxels = 0
-            preview_pair = None
-            for z in range(shape[0]):
-                image = source[z]
+        prob_dtype = np.dtype(np.uint8 if fmt == "png" or probabilities_dtype == "uint8" else np.float32)
+
+        with open_volume(input_path, key=key, missing_chunks=missing_chunks) as source:
+            shape, voxel_size, unit = source.shape, source.voxel_size, source.unit
+        plan = BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *self.roi_size))
+        middle = shape[0] // 2
+        preview_path = output_dir / f"preview_z{middle:04d}.png"
+        summary_path = output_dir / "summary.json"
+        store = output_dir / _ZARR_STORE
+        record = BlocksDone(output_dir / "blocks_done") if zarr_out else None
+        resuming = resume and store.exists() and record.exists()
+        if not resuming:
+            existing = [p for p in ([preview_path] if preview else []) + [summary_path] + ([store] if zarr_out else []) if p.exists()]
+            if existing and not overwrite:
+                raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite true) to replace it.")
+        settings = {
+            "input": str(input_path), "key": key, **plan.describe(), "roi_size": list(self.roi_size),
+            "overlap": self.overlap, "threshold": self.threshold, "probabilities_dtype": str(prob_dtype),
+            "save_probabilities": save_probabilities, "save_masks": save_masks,
+        }
+        stats_plan = BlockPlan(shape, plan.block_shape)
+        with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
+            if resuming:
+                stats = record.load_settings(settings)
+            else:
+                parts = executor.map(SliceStats(input_path, key, stats_plan, missing_chunks), range(len(stats_plan)), "slice statistics", progress=False)
                 try:
-                    prob = self.predict_slice(image)
+                    stats = merge_slice_stats(parts, shape[0])
                 except ValueError as e:
-                    raise ValueError(f"{input_path}, slice {z}: {e}") from e
-                mask = (prob >= self.threshold).astype(np.uint8) * 255
-                fg_voxels += int((mask > 0).sum())
-                if "probabilities" in writers:
-                    p = np.round(prob * 255).astype(np.uint8) if prob_dtype == np.uint8 else prob
-                    writers["probabilities"].write_slice(z, p)
-                if "masks" in writers:
-                    writers["masks"].write_slice(z, mask)
-                if z == middle:
-                    preview_pair = (normalize_slice(image), mask > 0)
-                if (z + 1) % max(1, shape[0] // 10) == 0 or z + 1 == shape[0]:
-                    self.logger.info(f"segmented slice {z + 1}/{shape[0]}")
-        written = {name: str(w.path) for name, w in writers.items()}
-        if preview and preview_pair is not None:
-            written["preview"] = str(_write_preview(preview_path, *preview_pair))
+                    raise ValueError(f"{input_path}, {e}") from e
+            with ExitStack() as stack:
+                names = (["probabilities"] if save_probabilities else []) + (["masks"] if save_masks else [])
+                if zarr_out:
+                    writers, written = self._zarr_outputs(store, names, plan, prob_dtype, voxel_size, unit, resuming, record)
+                    if not resuming:
+                        record.start(settings, stats)
+                else:
+                    writers, written = {}, {}
+                    for name in names:
+                        dtype = prob_dtype if name == "probabilities" else np.uint8
+                        w = stack.enter_context(open_volume_writer(output_dir / f"{name}{suffix}", shape, dtype, overwrite=overwrite))
+                        scale = name == "probabilities" and prob_dtype == np.uint8
+                        writers[name] = SlabBoxWriter(w, plan.block_shape[0], scale_probabilities=scale)
+                        written[name] = str(w.path)
+                done = record.done() if resuming else {}
+                todo = [b for b in range(len(plan)) if b not in done]
+                if done:
+                    self.logger.info(f"resuming: {len(done)} of {len(plan)} blocks already done")
+                task = BlockSegmentation(self, input_path, key, plan, stats, writers, record)
+                fg = sum(done.values())
+                for n in executor.map(task, todo, "segmenting", progress=progress, voxels=[plan[b].voxels for b in todo]):
+                    fg += n
+        if preview:
+            with open_volume(input_path, key=key) as src:
+                image = src[middle]
+            mask_path = written.get("masks", written.get("probabilities"))
+            with open_volume(mask_path) as out:
+                m = out[middle]
+            mask = m > 0 if "masks" in written else _probability(m) >= self.threshold
+            written["preview"] = str(_write_preview(preview_path, normalize_slice(image), mask))
         summary = {
             "input": str(input_path),
             "shape": list(shape),
+            "voxel_size": list(voxel_size) if voxel_size else None,
             "threshold": self.threshold,
-            "foreground_fraction": fg_voxels / float(np.prod(shape)),
+            "blocks": len(plan),
+            "block_shape": list(plan.block_shape),
+            "foreground_fraction": fg / float(np.prod(shape)),
             "outputs": dict(written),
         }
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         written["summary"] = str(summary_path)
         return written
+
+    def _zarr_outputs(self, store, names, plan, prob_dtype, voxel_size, unit, resuming, record):
+        chunks = (
+            _largest_divisor(plan.block_shape[0], 16),
+            _largest_divisor(plan.block_shape[1], 512),
+            _largest_divisor(plan.block_shape[2], 512),
+        )
+        paths = {"probabilities": store, "masks": store / "labels" / _MASK_LABEL}
+        if not resuming:
+            if store.exists():
+                if not (store / ".zattrs").exists() and not (store / "zarr.json").exists():
+                    raise DataError(f"{store} exists and is not a zarr store; refusing to replace it.")
+                shutil.rmtree(store)
+            record.clear()
+            # the root image is the probabilities; without them it is an empty image of the same grid
+            create_ome_zarr_image(store, "probabilities", plan.shape, prob_dtype, chunks, voxel_size, unit)
+            if "masks" in names:
+                create_ome_zarr_image(paths["masks"], _MASK_LABEL, plan.shape, np.uint8, chunks, voxel_size, unit, label_of=store)
+        writers = {
+            n: ZarrBoxWriter(paths[n] / "0", scale_probabilities=(n == "probabilities" and prob_dtype == np.uint8))
+            for n in names
+        }
+        return writers, {n: str(paths[n]) for n in names}
+
+
+def _probability(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values
 
 
 def _write_preview(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:

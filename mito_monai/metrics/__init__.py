@@ -5,6 +5,7 @@ Calibration: ECE. See :mod:`mito_monai.metrics.segmentation` for the exact defin
 """
 
 from mito_monai.metrics.ignite_metrics import SegmentationMetrics, default_output_transform, from_logits_output
+from mito_monai.metrics.instances import instance_average_precision, instance_metrics, instance_overlaps
 from mito_monai.metrics.label_free import LABEL_FREE_CRITERIA, LabelFreeScores, binary_entropy, mask_agreement
 from mito_monai.metrics.segmentation import (
     CalibrationBins,
@@ -30,6 +31,9 @@ __all__ = [
     "expected_calibration_error",
     "expected_calibration_error_from_bins",
     "from_logits_output",
+    "instance_average_precision",
+    "instance_metrics",
+    "instance_overlaps",
     "segmentation_metrics",
     "ssl_metrics",
     "uda_metrics",

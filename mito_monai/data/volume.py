@@ -1,0 +1,279 @@
+"""One lazy view of any supported (Z, Y, X) stack: shape, dtype, voxel size, and any (z, y, x) box.
+
+:func:`open_volume` opens every format the project reads without loading it whole where the format
+allows: multi-page TIFF (page by page), HDF5 datasets (``file.h5:key``), folders of 2D images (file by
+file), zarr v2/v3 arrays, groups and OME-Zarr images (chunk by chunk, see
+:mod:`mito_monai.data.zarr_store`). Other formats (NIfTI, ITK) are read whole on first access.
+
+Boxes are written with a box writer: :class:`~mito_monai.data.zarr_store.ZarrBoxWriter` straight
+into a zarr array (any order, any process), or :class:`SlabBoxWriter` over a slice-by-slice
+:class:`~mito_monai.data.io.VolumeWriter` (TIFF, HDF5, NIfTI, PNG), which collects the boxes of a slab
+of slices and writes the slices once the slab is complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mito_monai.data.errors import DataError
+from mito_monai.data.io import VolumeWriter, list_h5_datasets, list_image_files, read_volume, split_h5_path
+from mito_monai.data.zarr_store import missing_chunks, open_zarr_volume, split_zarr_path
+
+__all__ = ["Volume", "open_volume", "SlabBoxWriter", "box_to_str"]
+
+_TIFF = (".tif", ".tiff")
+_HDF5 = (".h5", ".hdf5", ".hdf")
+Box = Sequence[slice]
+
+
+def box_to_str(box: Box) -> str:
+    """``(slice(0, 8), slice(0, 64), slice(64, 128))`` -> ``"z 0:8, y 0:64, x 64:128"``."""
+    return ", ".join(f"{a} {s.start}:{s.stop}" for a, s in zip("zyx", box))
+
+
+def _full(box: Box | None, shape: Sequence[int]) -> tuple[slice, slice, slice]:
+    if box is None:
+        return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+    if len(box) != 3:
+        raise ValueError(f"a box has three slices (z, y, x), got {box!r}")
+    out = []
+    for s, n, a in zip(box, shape, "zyx"):
+        start, stop, step = s.indices(n)
+        if step != 1 or start >= stop:
+            raise ValueError(f"box {box!r}: {a} range {s} is empty or strided for a size of {n}")
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
+
+
+class Volume:
+    """A (Z, Y, X) stack on disk, read lazily box by box.
+
+    Attributes:
+        path: the file, folder or zarr node.
+        key: the HDF5 dataset or zarr inner path, if any.
+        shape: (Z, Y, X).
+        dtype: the voxel type on disk (bool is read as uint8).
+        voxel_size: (z, y, x) physical voxel size where the format stores one (OME-Zarr scale,
+            NIfTI zooms), else None.
+        unit: the unit of ``voxel_size`` if known.
+
+    Indexing with an int gives one (Y, X) slice (as ``read`` of that slice); iterating gives the slices
+    in order. Use it as a context manager, or call :meth:`close`.
+
+    Args:
+        path: a stack in any supported format (see :mod:`mito_monai.data.io` and the module docstring).
+        key: HDF5 dataset name, or a path inside a zarr store.
+        missing_chunks: zarr chunks whose files are absent read as the array's fill value (``"fill"``, the
+            zarr convention for empty chunks) or are an error naming the block (``"error"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None, missing_chunks: str = "fill") -> None:
+        if missing_chunks not in ("fill", "error"):
+            raise ValueError(f"missing_chunks must be 'fill' or 'error', got {missing_chunks!r}.")
+        self.missing_chunks = missing_chunks
+        self.voxel_size: tuple[float, float, float] | None = None
+        self.unit: str | None = None
+        self._close = None
+        zarr_split = split_zarr_path(path, key)
+        if zarr_split is not None:
+            self._open_zarr(path, key)
+            return
+        path, key = split_h5_path(path, key)
+        self.path = Path(path)
+        self.key = key
+        suffix = self.path.suffix.lower()
+        if self.path.is_file() and suffix in _TIFF:
+            self._open_tiff()
+        elif self.path.is_file() and suffix in _HDF5:
+            self._open_hdf5()
+        elif self.path.is_dir():
+            self._open_folder()
+        else:
+            self._eager(read_volume(self.path, key=key))
+            if self.path.name.lower().endswith((".nii", ".nii.gz")):
+                import nibabel as nib
+
+                zooms = nib.load(str(self.path)).header.get_zooms()[:3]
+                self.voxel_size = tuple(float(v) for v in reversed(zooms)) if len(zooms) == 3 else None
+
+    # backends ---------------------------------------------------------------------------------
+    def _open_zarr(self, path, key) -> None:
+        info = open_zarr_volume(path, key)
+        store, inner = split_zarr_path(path, key)  # type: ignore[misc]
+        self.path, self.key = store, inner or None
+        self._name = info.name
+        self.shape = info.shape
+        self.dtype = np.dtype(info.array.dtype)
+        self.voxel_size, self.unit = info.voxel_size, info.unit
+
+        def read(box):
+            spatial = iter(box)
+            index = tuple(next(spatial) if s == slice(None) else s for s in info.index)
+            try:
+                data = np.asarray(info.array[index])
+            except Exception as e:  # codec / file errors: name the block
+                raise DataError(
+                    f"{info.name}: cannot read the block {box_to_str(box)} ({type(e).__name__}: {e}); "
+                    "a chunk file may be corrupt"
+                ) from e
+            lost = missing_chunks(info, box) if self.missing_chunks == "error" else []
+            if lost:
+                raise DataError(
+                    f"{info.name}: the block {box_to_str(box)} has {len(lost)} missing chunk file(s) "
+                    f"(chunk {lost[0]} first); expected a complete array (missing_chunks='fill' reads them as "
+                    f"{info.array.fill_value})"
+                )
+            return data
+
+        self._read = read
+
+    def _open_tiff(self) -> None:
+        import tifffile
+
+        try:
+            tif = tifffile.TiffFile(self.path)
+        except Exception:  # damaged or not a TIFF: read_volume reports it, naming the file
+            tif = None
+        series = tif.series[0] if tif is not None and tif.series else None
+        shape = () if series is None else series.shape
+        if len(shape) == 2:
+            shape = (1, *shape)
+        if len(shape) != 3 or len(series.pages) != shape[0]:
+            # not one grey page per slice (e.g. samples-per-pixel > 1), or unreadable: let the reader decide
+            if tif is not None:
+                tif.close()
+            self._eager(read_volume(self.path))
+            return
+        pages = series.pages
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(np.uint8) if series.dtype == bool else np.dtype(series.dtype)
+        self._read = lambda box: np.stack([np.asarray(pages[z].asarray())[box[1], box[2]] for z in range(box[0].start, box[0].stop)])
+        self._close = tif.close
+
+    def _open_hdf5(self) -> None:
+        import h5py
+
+        names = list_h5_datasets(self.path)
+        key = self.key
+        if key is None and len(names) == 1:
+            key = names[0]
+        if key not in names:
+            raise DataError(f"{self.path}: no dataset {key!r}; datasets in the file: {names}.")
+        f = h5py.File(self.path, "r")
+        ds = f[key]
+        if ds.ndim == 2:
+            self.shape = (1, *ds.shape)
+            self._read = lambda box: np.asarray(ds[box[1], box[2]])[None]
+        elif ds.ndim == 3:
+            self.shape = tuple(int(s) for s in ds.shape)
+            self._read = lambda box: np.asarray(ds[tuple(box)])
+        else:
+            f.close()
+            raise DataError(f"{self.path}:{key} has {ds.ndim} dimensions; expected a (Z, Y, X) stack.")
+        self.dtype = np.dtype(ds.dtype)
+        self.key = key
+        self._close = f.close
+
+    def _open_folder(self) -> None:
+        files = list_image_files(self.path)
+        first = read_volume(files[0])
+        self.shape = (len(files), *first.shape[1:])
+        self.dtype = first.dtype
+
+        def read_slice(z: int) -> np.ndarray:
+            s = read_volume(files[z])[0]
+            if s.shape != self.shape[1:]:
+                raise DataError(
+                    f"{files[z]} has shape {s.shape}, but {files[0]} has {self.shape[1:]}; "
+                    "all slices of a stack must have the same shape."
+                )
+            return s
+
+        self._read = lambda box: np.stack([read_slice(z)[box[1], box[2]] for z in range(box[0].start, box[0].stop)])
+
+    def _eager(self, volume: np.ndarray) -> None:
+        self.shape = tuple(int(s) for s in volume.shape)
+        self.dtype = volume.dtype
+        self._read = lambda box: volume[tuple(box)]
+
+    # reading ----------------------------------------------------------------------------------
+    def read(self, box: Box | None = None) -> np.ndarray:
+        """The voxels of ``box`` ((z, y, x) slices, default the whole volume) as a numpy array."""
+        box = _full(box, self.shape)
+        data = np.asarray(self._read(box))
+        return data.view(np.uint8) if data.dtype == bool else data
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        if not 0 <= z < self.shape[0]:
+            raise IndexError(f"slice {z} out of range for a stack of {self.shape[0]} slices.")
+        return self.read((slice(z, z + 1), slice(None), slice(None)))[0]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for z in range(self.shape[0]):
+            yield self[z]
+
+    def __repr__(self) -> str:
+        return f"Volume({getattr(self, '_name', self.path)}, shape={self.shape}, dtype={self.dtype})"
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_volume(path: str | os.PathLike, key: str | None = None, missing_chunks: str = "fill") -> Volume:
+    """Open any supported stack lazily; see :class:`Volume`."""
+    return Volume(path, key, missing_chunks)
+
+
+class SlabBoxWriter:
+    """Write (z, y, x) boxes to a slice-by-slice :class:`~mito_monai.data.io.VolumeWriter`.
+
+    Boxes are collected per slab of slices (``slab`` slices starting at multiples of ``slab``); when every
+    voxel of a slab has been written, its slices go to the writer and the slab is freed, so memory holds
+    one slab (or a few when blocks arrive out of order). Slabs are flushed in z order (TIFF needs it).
+
+    Args:
+        writer: an open volume writer of shape (Z, Y, X).
+        slab: the z size of the blocks that will be written.
+        scale_probabilities: write float probabilities in [0, 1] as uint8 0-255.
+    """
+
+    def __init__(self, writer: VolumeWriter, slab: int, scale_probabilities: bool = False) -> None:
+        self.writer = writer
+        self.slab = int(slab)
+        self.scale_probabilities = scale_probabilities
+        self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._next = 0
+
+    def write(self, box: Box, data: np.ndarray) -> None:
+        z0 = box[0].start
+        start = z0 - z0 % self.slab
+        depth = min(self.slab, self.writer.shape[0] - start)
+        if start not in self._pending:
+            self._pending[start] = (np.zeros((depth, *self.writer.shape[1:]), self.writer.dtype),
+                                    np.zeros((depth, *self.writer.shape[1:]), bool))
+        buf, filled = self._pending[start]
+        if self.scale_probabilities:
+            data = np.round(np.asarray(data, np.float32) * 255).astype(np.uint8)
+        local = (slice(box[0].start - start, box[0].stop - start), box[1], box[2])
+        buf[local] = data
+        filled[local] = True
+        while self._next in self._pending and self._pending[self._next][1].all():
+            buf, _ = self._pending.pop(self._next)
+            for i, sl in enumerate(buf):
+                self.writer.write_slice(self._next + i, sl)
+            self._next += len(buf)

@@ -1,0 +1,164 @@
+"""Block-wise tasks that any executor runs: per-slice statistics, and read-with-halo + predict + write-cropped.
+
+A task is a small picklable callable ``task(block_index) -> result``; it opens its input (and output)
+on first use in the process that runs it and keeps it open for the next blocks, so a Dask worker
+deserialises the task (and the network in it) once and then only receives block indices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from mito_monai.data import open_volume
+from mito_monai.inference.blocks import BlockPlan
+
+__all__ = ["SliceStats", "merge_slice_stats", "BlockSegmentation", "BlocksDone"]
+
+
+class SliceStats:
+    """Per-slice minimum, maximum and number of non-finite voxels of one block (no halo).
+
+    Returns ``(z0, low, high, bad)`` with one entry per slice of the block.
+    """
+
+    def __init__(self, input_path: str | os.PathLike, key: str | None, plan: BlockPlan, missing_chunks: str = "error") -> None:
+        self.input_path, self.key, self.plan = str(input_path), key, plan
+        self.missing_chunks = missing_chunks
+        self._volume = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_volume": None}
+
+    def __call__(self, index: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        if self._volume is None:
+            self._volume = open_volume(self.input_path, self.key, self.missing_chunks)
+        block = self.plan[index]
+        data = self._volume.read(block.core)
+        if np.issubdtype(data.dtype, np.floating):
+            finite = np.isfinite(data)
+            bad = data.size // len(data) - finite.reshape(len(data), -1).sum(1)
+            data = np.where(finite, data, np.nan)
+            low, high = np.nanmin(data, axis=(1, 2)), np.nanmax(data, axis=(1, 2))
+        else:
+            bad = np.zeros(len(data), np.int64)
+            low, high = data.min(axis=(1, 2)), data.max(axis=(1, 2))
+        return block.core[0].start, low.astype(np.float64), high.astype(np.float64), bad
+
+
+def merge_slice_stats(parts: Iterable[tuple], depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce :class:`SliceStats` results to the (low, high) of every whole slice.
+
+    Raises:
+        ValueError: a slice has NaN/Inf voxels (``"slice Z: slice has N NaN/Inf pixels."``).
+    """
+    low, high = np.full(depth, np.inf), np.full(depth, -np.inf)
+    bad = np.zeros(depth, np.int64)
+    for z0, lo, hi, b in parts:
+        zs = slice(z0, z0 + len(lo))
+        low[zs] = np.fmin(low[zs], lo)
+        high[zs] = np.fmax(high[zs], hi)
+        bad[zs] += b
+    if bad.any():
+        z = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"slice {z}: slice has {int(bad[z])} NaN/Inf pixels.")
+    return low, high
+
+
+class BlocksDone:
+    """The blocks-done record of a block-wise run: a folder with the run's settings and one file per block.
+
+    Each finished block writes ``<index>.json`` (its foreground voxel count) atomically, after its data
+    are in the output store, so any process may record blocks concurrently and a killed run leaves
+    only blocks that are complete.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def exists(self) -> bool:
+        return (self.folder / "settings.json").is_file()
+
+    def clear(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+
+    def start(self, settings: Mapping, stats: tuple[np.ndarray, np.ndarray]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        payload = {"settings": dict(settings), "low": stats[0].tolist(), "high": stats[1].tolist()}
+        self._write(self.folder / "settings.json", payload)
+
+    def load_settings(self, settings: Mapping) -> tuple[np.ndarray, np.ndarray]:
+        """The per-slice statistics of the recorded run; its settings must equal ``settings``."""
+        saved = json.loads((self.folder / "settings.json").read_text())
+        if saved["settings"] != json.loads(json.dumps(dict(settings))):
+            diff = sorted(k for k in set(saved["settings"]) | set(settings) if saved["settings"].get(k) != settings.get(k))
+            raise ValueError(
+                f"{self.folder}: the interrupted run used other settings ({', '.join(diff)}); "
+                "rerun with the same ones, or --overwrite true to start again."
+            )
+        return np.asarray(saved["low"]), np.asarray(saved["high"])
+
+    def mark(self, index: int, foreground: int) -> None:
+        self._write(self.folder / f"{index}.json", {"foreground": int(foreground)})
+
+    def done(self) -> dict[int, int]:
+        """block index -> foreground voxels, for every recorded block."""
+        out = {}
+        for p in self.folder.glob("[0-9]*.json"):
+            out[int(p.stem)] = int(json.loads(p.read_text())["foreground"])
+        return out
+
+    @staticmethod
+    def _write(path: Path, payload: Mapping) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, path)
+
+
+class BlockSegmentation:
+    """Segment one block: read its core with a halo, predict, write the core to every output, record it.
+
+    Args:
+        segmenter: a :class:`~mito_monai.inference.StackSegmenter` (its network is part of the task).
+        input_path, key: the input stack.
+        plan: the block plan.
+        stats: per-slice (low, high) of the whole slices, for the normalisation.
+        writers: ``probabilities`` and/or ``masks`` -> a box writer (``write(box, array)``).
+        record: where finished blocks are recorded, or None.
+
+    Returns (when called with a block index): the block's number of foreground voxels.
+    """
+
+    def __init__(self, segmenter, input_path, key, plan: BlockPlan, stats, writers: Mapping, record: BlocksDone | None) -> None:
+        self.segmenter, self.input_path, self.key, self.plan = segmenter, str(input_path), key, plan
+        self.low, self.high = np.asarray(stats[0]), np.asarray(stats[1])
+        self.writers, self.record = dict(writers), record
+        self.missing_chunks = "fill"  # the statistics pass has checked every chunk already
+        self._volume = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_volume": None}
+
+    def __call__(self, index: int) -> int:
+        if self._volume is None:
+            self._volume = open_volume(self.input_path, self.key, self.missing_chunks)
+        block = self.plan[index]
+        zs = block.core[0]
+        raw = self._volume.read(block.read)
+        prob = self.segmenter.predict_block(raw, block, self.low[zs], self.high[zs], self.plan.shape[1:])
+        mask = prob >= self.segmenter.threshold
+        if "probabilities" in self.writers:
+            self.writers["probabilities"].write(block.core, prob)
+        if "masks" in self.writers:
+            self.writers["masks"].write(block.core, mask.astype(np.uint8) * 255)
+        foreground = int(mask.sum())
+        if self.record is not None:
+            self.record.mark(index, foreground)
+        return foreground
