@@ -62,6 +62,8 @@ def bench_train(method: str, args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     net = MitoUNet(channels=tuple(args.channels)).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
     h = w = args.crop
     g = torch.Generator().manual_seed(0)
@@ -287,7 +289,7 @@ def main() -> None:
     p.add_argument("--block_slices", type=int, default=4, help="inference: slices per block")
     p.add_argument("--block_tile", type=int, default=2048, help="inference: tile size of a block")
     p.add_argument("--overlap", type=float, default=0.5, help="inference: sliding-window overlap")
-    p.add_argument("--channels_last", action="store_true", help="inference: channels-last network")
+    p.add_argument("--channels_last", action="store_true", help="channels-last network (training and inference)")
     p.add_argument("--plain_forward", action="store_true",
                    help="inference: also time the bare float32 forward on whole slices (the throughput reference)")
     p.add_argument("--inference_only", action="store_true", help="skip the training benchmarks")
