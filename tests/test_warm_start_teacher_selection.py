@@ -293,3 +293,38 @@ def test_selection_scores_match_a_direct_computation():
     assert scores["entropy"] == pytest.approx(float(binary_entropy(p).mean()), rel=1e-5)
     with pytest.raises(ValueError, match="criterion"):
         LabelFreeSelection(net, [], criterion="IoU")
+
+
+# ---------------------------------------------------------------- autocast inference on CPU
+
+
+def test_autocast_inferer_runs_bfloat16_on_cpu_and_returns_float32():
+    from monai.inferers import SlidingWindowInferer
+
+    from mito_monai.inference import AutocastInferer
+
+    seen = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return self.conv(x)
+
+    net = Probe()
+    x = torch.rand(1, 1, 20, 24)
+    window = SlidingWindowInferer(roi_size=(16, 16))
+    out = AutocastInferer(window, dtype="bfloat16")(x, net)
+    assert out.dtype == torch.float32 and out.shape == (1, 2, 20, 24)
+    assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
+    with torch.no_grad():
+        ref = window(x, net)  # the same windows in float32
+    assert 0 < (out - ref).abs().max() < 0.02  # bfloat16 rounding only
+    seen.clear()
+    plain = AutocastInferer(None, enabled=False)(x, net)
+    assert not seen[0][0] and torch.allclose(plain, net.conv(x))
+    with pytest.raises(ValueError, match="dtype"):
+        AutocastInferer(None, dtype="bfloat17")

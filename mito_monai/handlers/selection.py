@@ -65,7 +65,7 @@ class LabelFreeSelection:
         data_loader: Iterable,
         evaluator: Engine | None = None,
         inferer: Any = None,
-        criterion: str = "agreement",
+        criterion: str = "entropy",
         interval: int = 1,
         output_path: str | os.PathLike | None = None,
         save_path: str | os.PathLike | None = None,
