@@ -5,4 +5,4 @@ Layers, in the order data flows:
 -> ``losses`` -> ``engines`` -> ``metrics`` -> ``inference``.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -130,6 +130,35 @@ def make_demo(root: str | None = None, seed: int = 0) -> None:
     _print_json({"root": str(ensure_demo_data(root or default_demo_root(), seed=seed))})
 
 
+def export_bioimageio(
+    bundle: str,
+    checkpoint: str = "models/model.pt",
+    output: str = "model.zip",
+    test_image: str | None = None,
+    test_size: int = 256,
+    test: bool = True,
+    overwrite: bool = False,
+) -> None:
+    """Write a bioimage.io model package (TorchScript + state dict, test tensors, covers, citations) of a bundle.
+
+    BUNDLE is r4mito, dualrel or a bundle folder; CHECKPOINT its weights (relative to the bundle folder or the
+    working directory). With --test (default) bioimageio.core's own test runs on the package.
+    """
+    from mito_monai.export import export_bioimageio as export
+
+    path = export(bundle, checkpoint, output, test_image=test_image, test_size=test_size, overwrite=overwrite)
+    result = {"package": str(path)}
+    if test:
+        from bioimageio.core import test_model
+
+        summary = test_model(path)
+        result["bioimageio_test"] = summary.status
+        if summary.status != "passed":
+            _print_json(result)
+            raise ValueError(f"{path}: bioimageio.core test {summary.status}; run `bioimageio test {path}` for details.")
+    _print_json(result)
+
+
 def compare(
     experiment: str = "r4mito",
     tracking_uri: str | None = None,
@@ -162,6 +191,7 @@ COMMANDS = {
     "evaluate": evaluate,
     "instances": instances,
     "download": download,
+    "export-bioimageio": export_bioimageio,
     "make-demo": make_demo,
 }
 

@@ -276,10 +276,9 @@ def test_metadata_and_network_verify(monkeypatch):
 
     monkeypatch.chdir(REPO)
     verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(REPO / "bundles" / "metadata_schema.json"))
-    # net_id "network" is the single-branch wrapper (DualRelSingleBranch) that inference uses: DualRelNet's own
-    # forward(x) returns both branches' outputs (a dataclass), so the (B, 2, H, W) contract is the wrapper's
+    # network_def is DualRelInferenceNet: one branch's (B, 2, H, W) log-probabilities, DualRelNet's state dict
     verify_net_in_out(
-        net_id="network",
+        net_id="network_def",
         meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "inference.json"),
         n=2,

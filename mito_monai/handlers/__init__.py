@@ -1,4 +1,4 @@
-"""Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras."""
+"""Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras; one-line user errors."""
 
 from mito_monai.handlers.checkpoint import (
     AtomicCheckpointSaver,
@@ -6,6 +6,7 @@ from mito_monai.handlers.checkpoint import (
     init_from_checkpoint,
     latest_checkpoint,
     load_checkpoint,
+    require_checkpoint,
     resume_training,
 )
 from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
@@ -18,6 +19,7 @@ from mito_monai.handlers.report import (
     require_file,
     scalar_metrics,
 )
+from mito_monai.handlers.user_errors import report_user_errors, user_error_message
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -32,7 +34,10 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "report_metrics",
+    "report_user_errors",
+    "require_checkpoint",
     "require_file",
     "resume_training",
     "scalar_metrics",
+    "user_error_message",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "init_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "require_checkpoint",
     "resume_training",
 ]
 
@@ -61,7 +62,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from e
+        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first}); expected weights saved "
+            "with torch.save, loadable with weights_only=True."
+        ) from e
+
+
+def require_checkpoint(path: str | os.PathLike, what: str) -> str:
+    """
+    Fail early, before any data is read, when ``path`` is not a readable checkpoint; return it as a string.
+
+    Raises:
+        FileNotFoundError: naming ``path`` and ``what`` it should be, when there is no such file.
+        ValueError: naming ``path``, when it is not a PyTorch checkpoint loadable with ``weights_only=True``.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist: expected {what}.")
+    load_checkpoint(path)
+    return str(path)
 
 
 def init_from_checkpoint(
@@ -226,6 +245,7 @@ def resume_training(
         raise FileNotFoundError(
             f"nothing to resume: no checkpoint_iteration=N.pt in {ckpt_dir} (train once without --resume first)."
         )
+    load_checkpoint(path)  # an unreadable file fails here, naming it, not inside the trainer's run
     load_dict = dict(load_dict)
     if engine_key is not None:
         load_dict.setdefault(engine_key, trainer)

@@ -48,6 +48,7 @@ __all__ = [
     "correlation_consistency",
     "gather_agents",
     "log_plackett_luce",
+    "orthogonal_indices",
     "plackett_luce",
     "rank_consistency",
     "select_agents",
@@ -58,6 +59,7 @@ AGENT_STRATEGIES = ("orthogonal", "random", "all")
 MAX_RANK_LENGTH = 8
 # pixels whose feature norm is at most this fraction of the largest norm in their map count as "zero" vectors
 _DEGENERATE_NORM = 1e-6
+_FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)
 
 
 def _flatten(features: torch.Tensor) -> torch.Tensor:
@@ -75,18 +77,38 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}.")
 
 
-@torch.no_grad()
-def _orthogonal_indices(features: torch.Tensor, num_agents: int) -> torch.Tensor:
-    """Greedy most-orthogonal selection on a (B, C, *spatial) map -> (B, num_agents) flat pixel indices."""
-    flat = features.detach().float().flatten(2)  # (B, C, N): (B, 1, C) @ (B, C, N) is a fast batched product
+def orthogonal_indices(features: torch.Tensor, num_agents: int) -> torch.Tensor:
+    """
+    Greedy most-orthogonal selection (the ``"orthogonal"`` strategy of :func:`select_agents`), without checks.
+
+    TorchScript-compatible (``torch.jit.script``), so that networks that choose reference points this way
+    (DualRel's referential cross-attention) can be exported; it never builds a graph.
+
+    Args:
+        features: (B, C, *spatial) feature map, any floating dtype (the maths runs in float32).
+        num_agents: K, at most the number of pixels.
+
+    Returns:
+        (B, K) long flat pixel indices.
+    """
+    with torch.no_grad():
+        indices = _orthogonal_indices(features.detach().float().flatten(2), num_agents)
+    return indices
+
+
+def _orthogonal_indices(
+    flat: torch.Tensor, num_agents: int, degenerate_norm: float = _DEGENERATE_NORM, tiny: float = _FLOAT32_TINY
+) -> torch.Tensor:
+    """:func:`orthogonal_indices` on a float32 (B, C, N) map (the constants are arguments for TorchScript)."""
+    # (B, C, N): (B, 1, C) @ (B, C, N) is a fast batched product
     batch = flat.shape[0]
-    norms = flat.norm(dim=1)  # (B, N)
-    unit = (flat / norms.clamp_min(torch.finfo(flat.dtype).tiny).unsqueeze(1)).contiguous()
+    norms = torch.linalg.vector_norm(flat, dim=1)  # (B, N)
+    unit = (flat / norms.clamp_min(tiny).unsqueeze(1)).contiguous()
     rows = torch.arange(batch, device=flat.device)
     # running[b, i] = largest |cos| between pixel i and the agents chosen so far. Zero vectors (e.g. dead ReLU
     # pixels) carry no direction and would look perfectly orthogonal: they start at 2 (> any |cos|) so they
     # are only taken once every other pixel is; chosen pixels are set to +inf.
-    degenerate = norms <= _DEGENERATE_NORM * norms.amax(dim=1, keepdim=True)
+    degenerate = norms <= degenerate_norm * norms.amax(dim=1, keepdim=True)
     running = torch.where(degenerate, torch.full_like(norms, 2.0), torch.zeros_like(norms))
     indices = torch.empty(batch, num_agents, dtype=torch.long, device=flat.device)
     current = norms.argmax(dim=1)  # first agent: the pixel with the largest feature norm (first one on ties)
@@ -151,7 +173,7 @@ def select_agents(
         indices = noise.topk(k, dim=1).indices.to(features.device)
     else:
         with no_autocast(features.device):
-            indices = _orthogonal_indices(features, k)
+            indices = orthogonal_indices(features, k)
     return gather_agents(features, indices), indices
 
 

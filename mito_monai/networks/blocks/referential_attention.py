@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import MLPBlock
 
-from mito_monai.losses.agents import AGENT_STRATEGIES, select_agents
+from mito_monai.losses.agents import AGENT_STRATEGIES, orthogonal_indices, select_agents
 
 __all__ = ["ReferentialAttentionMaps", "ReferentialCrossAttention"]
 
@@ -136,6 +136,7 @@ class ReferentialCrossAttention(nn.Module):
         self.ffn = MLPBlock(hidden_size=dim, mlp_dim=ffn_hidden, dropout_rate=dropout, act="GELU", dropout_mode="vit")
         self.norm2 = nn.LayerNorm(dim)
 
+    @torch.jit.unused
     def forward(
         self, queries: torch.Tensor, tokens: torch.Tensor, return_attention: bool = False
     ) -> Union[torch.Tensor, tuple[torch.Tensor, ReferentialAttentionMaps]]:
@@ -153,18 +154,42 @@ class ReferentialCrossAttention(nn.Module):
                 C = ``dim`` and the same batch size.
         """
         self._check_inputs(queries, tokens)
+        out, attention, correlation, weights, aggregated, reference_indices = self._attend(queries, tokens)
+        if return_attention:
+            return out, ReferentialAttentionMaps(attention, correlation, weights, aggregated, reference_indices)
+        return out
+
+    def attend(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """
+        ``forward(queries, tokens)`` without the input checks, TorchScript-compatible (``torch.jit.script``
+        compiles this path; ``forward`` itself is left to Python). Only the ``"orthogonal"`` and ``"all"``
+        reference strategies can be scripted.
+
+        Args:
+            queries: (B, K, C). tokens: (B, N, C).
+
+        Returns:
+            mito features (B, K, C).
+        """
+        return self._attend(queries, tokens)[0]
+
+    def _attend(
+        self, queries: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[
+        torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor, Optional[torch.Tensor]
+    ]:
+        """Eq. 1-6 and the residual/FFN: ``(out, attention, correlation, weights, aggregated, reference_indices)``."""
         q = self.to_q(queries)  # (B, K, C)
         k = self.to_k(tokens)  # (B, N, C)
         v = self.to_v(tokens)  # (B, N, C)
         attention = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * self.scale, dim=-1)  # eq. 2, (B, K, N)
 
-        correlation: torch.Tensor | None = None
-        reference_indices: torch.Tensor | None = None
+        correlation: Optional[torch.Tensor] = None
+        reference_indices: Optional[torch.Tensor] = None
         if self.use_references:
             # reference points X^R: tokens chosen per image (no gradient through the choice itself)
-            references, reference_indices = select_agents(
-                tokens.transpose(1, 2), self.num_references, strategy=self.reference_strategy
-            )  # (B, N_R, C)
+            reference_indices = self._reference_indices(tokens)
+            references = _gather_tokens(tokens, reference_indices)  # (B, N_R, C)
             ref_keys = self.to_k(references)  # X^R W^K, (B, N_R, C)
             s_fr = torch.softmax(torch.bmm(q, ref_keys.transpose(1, 2)) * self.scale, dim=-1)  # eq. 3, (B, K, N_R)
             pixel_q = self.to_q(tokens)  # x_i W^Q, (B, N, C)
@@ -177,9 +202,22 @@ class ReferentialCrossAttention(nn.Module):
 
         hidden = self.norm1(queries + self.attn_drop(aggregated))
         out = self.norm2(hidden + self.ffn(hidden))
-        if return_attention:
-            return out, ReferentialAttentionMaps(attention, correlation, weights, aggregated, reference_indices)
-        return out
+        return out, attention, correlation, weights, aggregated, reference_indices
+
+    def _reference_indices(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N_R) flat token indices of the reference points, :func:`mito_monai.losses.select_agents`' choice."""
+        if torch.jit.is_scripting():
+            num_tokens = tokens.shape[1]
+            if self.reference_strategy == "all":
+                return torch.arange(num_tokens, device=tokens.device).expand(tokens.shape[0], num_tokens).contiguous()
+            if self.reference_strategy != "orthogonal":
+                raise RuntimeError("a scripted ReferentialCrossAttention supports the 'orthogonal' and 'all' strategies.")
+            return orthogonal_indices(tokens.transpose(1, 2), min(self.num_references, num_tokens))
+        return self._select_references(tokens)
+
+    @torch.jit.unused
+    def _select_references(self, tokens: torch.Tensor) -> torch.Tensor:
+        return select_agents(tokens.transpose(1, 2), self.num_references, strategy=self.reference_strategy)[1]
 
     def _check_inputs(self, queries: torch.Tensor, tokens: torch.Tensor) -> None:
         for name, value, letter in (("queries", queries, "K"), ("tokens", tokens, "N")):
@@ -195,3 +233,8 @@ class ReferentialCrossAttention(nn.Module):
             raise ValueError(
                 f"queries and tokens must have the same batch size, got {queries.shape[0]} and {tokens.shape[0]}."
             )
+
+
+def _gather_tokens(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens at (B, K) indices -> (B, K, C) (:func:`mito_monai.losses.gather_agents` on a sequence)."""
+    return tokens.gather(1, indices.unsqueeze(-1).expand(-1, -1, tokens.shape[2]))

@@ -1,6 +1,6 @@
 """Network architectures of mito_monai."""
 
-from .dualrel import DualRelBranchOutput, DualRelNet, DualRelOutput, DualRelSingleBranch
+from .dualrel import DualRelBranchOutput, DualRelInferenceNet, DualRelNet, DualRelOutput, DualRelSingleBranch
 from .mito_unet import MitoUNet
 
-__all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput", "DualRelSingleBranch", "MitoUNet"]
+__all__ = ["DualRelBranchOutput", "DualRelInferenceNet", "DualRelNet", "DualRelOutput", "DualRelSingleBranch", "MitoUNet"]

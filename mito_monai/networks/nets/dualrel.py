@@ -27,7 +27,7 @@ from monai.networks.nets.resnet import ResNet, get_inplanes, resnet_params
 from mito_monai.losses.agents import AGENT_STRATEGIES
 from mito_monai.networks.blocks.referential_attention import ReferentialCrossAttention
 
-__all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput", "DualRelSingleBranch"]
+__all__ = ["DualRelBranchOutput", "DualRelInferenceNet", "DualRelNet", "DualRelOutput", "DualRelSingleBranch"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,29 +146,44 @@ class _DualRelBranch(nn.Module):
         """ResNet feature maps at strides 2 (stem, before max-pooling), 4, 8, 16 and 32."""
         enc = self.encoder
         stem = enc.act(enc.bn1(enc.conv1(x)))
-        h = enc.layer1(enc.maxpool(stem))
-        features = [stem, h]
-        for layer in (enc.layer2, enc.layer3, enc.layer4):
-            h = layer(h)
-            features.append(h)
-        return features
+        stride4 = enc.layer1(enc.maxpool(stem))
+        stride8 = enc.layer2(stride4)
+        stride16 = enc.layer3(stride8)
+        return [stem, stride4, stride8, stride16, enc.layer4(stride16)]
 
+    @torch.jit.unused
     def forward(self, x: torch.Tensor) -> DualRelBranchOutput:
+        log_probabilities, activations, prototypes, mito, embedding = self._compute(x)
+        return DualRelBranchOutput(
+            log_probabilities=log_probabilities,
+            probabilities=log_probabilities.exp(),
+            activations=activations,
+            prototypes=prototypes,
+            mito_features=mito,
+            embedding=embedding,
+        )
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, 2, H, W) log-probabilities alone; TorchScript-compatible (``forward`` is left to Python)."""
+        return self._compute(x)[0]
+
+    def _compute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_probabilities, activations, prototypes, mito_features, embedding)`` of :class:`DualRelBranchOutput`."""
         features = self.encode(x)
-        skips = list(reversed(features[:-1])) + [self.full_resolution(x)]
+        skips = features[:-1][::-1] + [self.full_resolution(x)]
         h = features[-1]
-        for up, skip in zip(self.up_blocks, skips):
-            h = up(h, skip)
+        for i, up in enumerate(self.up_blocks):
+            h = up(h, skips[i])
         embedding = self.embedding_head(h)  # E, (B, C, H, W)
 
         tokens = self.reduce(features[-1]).flatten(2).transpose(1, 2)  # X~, (B, hw, C)
         queries = self.mito_filters.unsqueeze(0).expand(x.shape[0], -1, -1)
-        mito = self.attention(queries, tokens)  # f~, (B, K, C)
+        mito = self.attention.attend(queries, tokens)  # f~, (B, K, C)
 
         scores = torch.einsum("bkc,bchw->bkhw", mito, embedding)
         activations = torch.sigmoid(scores)  # eq. 7
-        height, width = embedding.shape[2:]
-        prototypes = torch.einsum("bkhw,bchw->bkc", activations, embedding) / (height * width)  # eq. 8
+        num_pixels = embedding.shape[2] * embedding.shape[3]
+        prototypes = torch.einsum("bkhw,bchw->bkc", activations, embedding) / num_pixels  # eq. 8
 
         # merge (section 3.4): score_fg = sum_{k <= K/2} A_k, score_bg = sum_{k > K/2} A_k, probabilities
         # score / (score_fg + score_bg). In log space (log A_k = logsigmoid) so nothing underflows to log(0).
@@ -178,14 +193,7 @@ class _DualRelBranch(nn.Module):
             [torch.logsumexp(log_act[:, half:], dim=1), torch.logsumexp(log_act[:, :half], dim=1)], dim=1
         )
         log_probabilities = torch.log_softmax(log_scores, dim=1)
-        return DualRelBranchOutput(
-            log_probabilities=log_probabilities,
-            probabilities=log_probabilities.exp(),
-            activations=activations,
-            prototypes=prototypes,
-            mito_features=mito,
-            embedding=embedding,
-        )
+        return log_probabilities, activations, prototypes, mito, embedding
 
 
 class DualRelNet(nn.Module):
@@ -492,6 +500,7 @@ class DualRelNet(nn.Module):
         self.pretrained_report = report
         return report
 
+    @torch.jit.unused
     def _check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError when ``x`` does not fit the network (rank, channels, spatial size divisible by 32)."""
         if not isinstance(x, torch.Tensor):
@@ -535,3 +544,44 @@ class DualRelSingleBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x, branch=self.branch)
+
+
+class DualRelInferenceNet(DualRelNet):
+    """
+    A :class:`DualRelNet` whose ``forward(x)`` is one branch's log-probabilities: the bundle's deployable network.
+
+    ``forward(x)``: (B, in_channels, H, W) -> (B, 2, H, W) log-probabilities of branch ``branch`` (channel 1
+    mitochondria; ``softmax(dim=1)`` gives the merged probability map), the same values as
+    ``DualRelNet.forward(x, branch=branch)``. It has the parameters and state-dict keys of a
+    :class:`DualRelNet` (both branches and the reliability head), so a training checkpoint loads into it as
+    it is (``load_state_dict``, ``monai.handlers.CheckpointLoader``, ``monai.bundle ckpt_export``). Unlike
+    :class:`DualRelNet` it is TorchScript-compatible (``torch.jit.script``; only the ``"orthogonal"`` and
+    ``"all"`` reference strategies script) and has the (B, 2, H, W) contract the MONAI model zoo checks.
+    :class:`DualRelSingleBranch` is the other way to run one branch: a view of a network being trained.
+
+    Args:
+        branch: 0 or 1, the branch ``forward`` runs; DualRel infers with one branch (DESIGN section 4).
+        kwargs: the arguments of :class:`DualRelNet`.
+    """
+
+    def __init__(self, branch: int = 0, **kwargs) -> None:
+        if isinstance(branch, bool) or branch not in (0, 1):
+            raise ValueError(f"branch must be 0 or 1, got {branch!r}.")
+        super().__init__(**kwargs)
+        self.branch = branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """
+        Args:
+            x: (B, in_channels, H, W) with H and W divisible by 32.
+
+        Returns:
+            (B, 2, H, W) log-probabilities of the chosen branch.
+        """
+        if not torch.jit.is_scripting():
+            self._check_input(x)
+        out = x
+        for i, module in enumerate(self.branches):
+            if i == self.branch:
+                out = module.segment(x)
+        return out
