@@ -182,7 +182,8 @@ class PrototypePseudoLabelLoss(_Loss):
         updated = torch.where(seen.unsqueeze(1), blended, batch_prototypes)
         memory = torch.where(present.unsqueeze(1), updated, memory)
         seen = seen | present
-        self.prototype_memory, self.prototype_seen = memory, seen
+        # plain tensors (features may be MONAI MetaTensors): a checkpoint must load with weights_only=True
+        self.prototype_memory, self.prototype_seen = memory.as_subclass(torch.Tensor), seen.as_subclass(torch.Tensor)
         return memory.clone(), seen.clone()
 
     def forward(
