@@ -16,10 +16,9 @@ import torch
 import torch.nn.functional as F
 from monai.utils import LossReduction
 
+from mito_monai.ops.agent_selection import check_feature_map, no_autocast
 
-def no_autocast(device: torch.device) -> torch.autocast:
-    """A context that switches autocast off on ``device``, so the loss maths runs in float32."""
-    return torch.autocast(device_type=device.type, enabled=False)
+__all__ = ["check_feature_map", "check_feature_pair", "labels_to_index", "no_autocast", "reduce_loss"]
 
 
 def reduce_loss(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -31,18 +30,6 @@ def reduce_loss(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == LossReduction.NONE.value:
         return values
     raise ValueError(f'unsupported reduction {reduction!r}, available options are ["mean", "sum", "none"].')
-
-
-def check_feature_map(name: str, features: torch.Tensor) -> None:
-    """Raise when ``features`` is not a floating (B, C, *spatial) tensor with 1 to 3 spatial dims."""
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}.")
-    if features.dim() not in (3, 4, 5):
-        raise ValueError(
-            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims, got {tuple(features.shape)}."
-        )
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {features.dtype}.")
 
 
 def check_feature_pair(

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import MLPBlock
 
-from mito_monai.losses.agents import AGENT_STRATEGIES, select_agents
+from mito_monai.ops import AGENT_STRATEGIES, select_agents
 
 __all__ = ["ReferentialAttentionMaps", "ReferentialCrossAttention"]
 

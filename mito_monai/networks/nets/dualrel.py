@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 from monai.networks.nets.resnet import ResNet, get_inplanes, resnet_params
 
-from mito_monai.losses.agents import AGENT_STRATEGIES
+from mito_monai.ops import AGENT_STRATEGIES
 from mito_monai.networks.blocks.referential_attention import ReferentialCrossAttention
 
 __all__ = ["DualRelBranchOutput", "DualRelNet", "DualRelOutput", "DualRelSingleBranch"]
