@@ -128,10 +128,15 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     assert (seg_dir / "probabilities.tif").read_bytes() == before
 
 
-STOP_AFTER_EPOCH_1 = [
-    "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())",
-    "$@train#trainer.run()",
-]
+def _stop_after_epoch_1(configs: Path) -> list[str]:
+    """The bundle's own ``run`` list with a handler that stops training after epoch 1 (an interruption):
+    everything else the run does before training (and so every random number it draws) is unchanged."""
+    run = json.loads((configs / "train.json").read_text())["run"]
+    stop = "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())"
+    return run[:-1] + [stop, run[-1]]
+
+
+STOP_AFTER_EPOCH_1 = _stop_after_epoch_1(CONFIGS)
 
 
 def _weights(path: Path) -> dict:

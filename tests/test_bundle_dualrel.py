@@ -293,10 +293,9 @@ def test_resumed_run_equals_uninterrupted(tmp_path, demo, monkeypatch, method):
     """Stopped after epoch 1 and resumed through ``resume_training`` (shuffled loaders, every term of the method,
     the lr schedule, the EMA teacher of Mean Teacher): the final weights are the uninterrupted run's."""
     monkeypatch.chdir(REPO)
-    stop = [
-        "$@train#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())",
-        "$@train#trainer.run()",
-    ]
+    from test_bundle import _stop_after_epoch_1
+
+    stop = _stop_after_epoch_1(CONFIGS)  # the bundle's run list, stopped after epoch 1
     _train(tmp_path / "full", demo, method=method)
     _train(tmp_path / "split", demo, method=method, run=stop)
     state = torch.load(tmp_path / "split" / "models" / "checkpoint_iteration=1.pt", weights_only=True)

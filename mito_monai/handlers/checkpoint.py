@@ -225,6 +225,7 @@ class AtomicCheckpointSaver:
         self.final_path = Path(final_path) if final_path is not None else None
         self.engine_key = engine_key
         self.run_state = bool(run_state)
+        self._saved_random_state: dict[str, Any] | None = None
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
@@ -232,12 +233,24 @@ class AtomicCheckpointSaver:
             self.save_dict.setdefault(self.engine_key, engine)
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save_state)
+            if self.run_state:
+                engine.add_event_handler(Events.EPOCH_STARTED, self._continue_from_saved_random_state)
         if self.final_path is not None:
             engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def _continue_from_saved_random_state(self, engine: Engine) -> None:
+        """At the start of the epoch after a save, go back to the saved random state, as a resumed run does:
+        whatever drew random numbers after the save (handlers that ran later at the end of that epoch, e.g.
+        a model selection iterating its own loader) is undone in the uninterrupted run too."""
+        if self._saved_random_state is not None:
+            run_state_objects(engine)[RANDOM_STATE_KEY].load_state_dict(self._saved_random_state)
+            self._saved_random_state = None
 
     def save_state(self, engine: Engine) -> Path:
         objects = {**self.save_dict, **(run_state_objects(engine) if self.run_state else {})}
         state = {name: _unwrap(obj).state_dict() for name, obj in objects.items()}
+        if self.run_state:
+            self._saved_random_state = state[RANDOM_STATE_KEY]
         path = atomic_torch_save(state, self.save_dir / f"checkpoint_iteration={engine.state.iteration}.pt")
         found = sorted(
             (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _CKPT_RE.match(p.name))
