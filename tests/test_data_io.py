@@ -349,3 +349,34 @@ def test_read_image_files_promotes_dtypes(tmp_path):
     tifffile.imwrite(tmp_path / "b.tif", np.full((2, 2), 1000, np.uint16))
     vol = read_image_files([a, tmp_path / "b.tif"])
     assert vol.dtype == np.uint16 and vol[:, 0, 0].tolist() == [3, 1000]
+
+
+def test_rgba_label_with_the_mask_in_alpha(tmp_path):
+    """A mask drawn as opacity on a transparent background (uniform colour) is read from the alpha channel;
+    an opaque RGBA label keeps its grey channel, and an empty transparent slice stays empty."""
+    alpha = np.zeros((6, 7), dtype=np.uint8)
+    alpha[1:4, 2:5] = 255
+    colour = np.full((6, 7), 255, dtype=np.uint8)  # white everywhere: "non-zero" grey would be all foreground
+    _save_png(tmp_path / "alpha.png", np.stack([colour, colour, colour, alpha], axis=-1))
+    np.testing.assert_array_equal(read_volume(tmp_path / "alpha.png", label=True)[0], (alpha > 0).astype(np.uint8))
+    _save_png(tmp_path / "empty.png", np.stack([colour, colour, colour, np.zeros_like(alpha)], axis=-1))
+    assert read_volume(tmp_path / "empty.png", label=True).sum() == 0
+    grey = alpha.copy()
+    _save_png(tmp_path / "opaque.png", np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1))
+    np.testing.assert_array_equal(read_volume(tmp_path / "opaque.png", label=True)[0], (grey > 0).astype(np.uint8))
+
+
+def test_jpeg_labels_are_refused_images_are_read(tmp_path):
+    from PIL import Image
+
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.jpg", quality=75)
+    assert read_volume(tmp_path / "mask.jpg").shape == (1, 16, 16)  # as an image it is fine
+    with pytest.raises(DataError, match=r"mask\.jpg: JPEG label; JPEG compression is lossy"):
+        read_volume(tmp_path / "mask.jpg", label=True)
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    Image.fromarray(mask).save(folder / "z0.jpeg")
+    with pytest.raises(DataError, match=r"z0\.jpeg: JPEG label"):
+        read_volume(folder, label=True)

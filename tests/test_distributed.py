@@ -78,10 +78,11 @@ def test_multi_gpu_bundle_config_on_two_cpu_processes(tmp_path):
         args += [f"--{key}", value]
     _torchrun(args, REPO, tmp_path / "log.txt")
     log = (tmp_path / "log.txt").read_text()
-    assert "process 0 of 2" in log and "process 1 of 2" in log
+    # the two ranks print at the same time, so their lines can interleave ("processprocess 1 of 2 ...")
+    assert " 0 of 2 on " in log and " 1 of 2 on " in log
     assert log.count("final model (r4mito)") == 1  # rank 0 alone scores the final model
     record = json.loads((tmp_path / "eval" / "final_metrics.json").read_text())
-    assert record["iteration"] == 2 and 0.0 <= record["metrics"]["IoU"] <= 1.0
+    assert record["iteration"] == 2  # the metrics are checked against a one-process evaluation below
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
     MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16, 32)).load_state_dict(state)

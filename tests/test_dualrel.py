@@ -371,7 +371,15 @@ def _torchvision_like_state(in_channels: int) -> dict[str, torch.Tensor]:
         "basic", [2, 2, 2, 2], get_inplanes(), spatial_dims=2, n_input_channels=in_channels, conv1_t_stride=2,
         shortcut_type="B", bias_downsample=False, num_classes=10,
     )  # fmt: skip
-    return reference.state_dict()
+    state = reference.state_dict()
+    # a trained model's BatchNorm statistics: non-trivial values (fresh ones are all 0 / 1 in both networks)
+    g = torch.Generator().manual_seed(8)
+    for key, value in state.items():
+        if key.endswith("running_mean"):
+            state[key] = torch.randn(value.shape, generator=g)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(value.shape, generator=g) + 0.5
+    return state
 
 
 def test_dualrel_pretrained_loading(tmp_path, caplog):
@@ -390,7 +398,9 @@ def test_dualrel_pretrained_loading(tmp_path, caplog):
         # the RGB stem is summed over its input channels for the 1-channel network
         torch.testing.assert_close(encoder_state["conv1.weight"], state["conv1.weight"].sum(1, keepdim=True))
         torch.testing.assert_close(encoder_state["layer3.0.downsample.0.weight"], state["layer3.0.downsample.0.weight"])
-        torch.testing.assert_close(encoder_state["layer2.1.bn1.running_mean"], state["layer2.1.bn1.running_mean"])
+        for key in ("layer2.1.bn1.running_mean", "layer4.1.bn2.running_var"):
+            assert state[key].abs().sum() > 0 and not torch.all(state[key] == 1)
+            torch.testing.assert_close(encoder_state[key], state[key])
     # decoders keep their own (different) initialisation
     assert not torch.equal(net.branches[0].embedding_head.weight, net.branches[1].embedding_head.weight)
 

@@ -6,11 +6,20 @@ import math
 
 import pytest
 import torch
+from ignite.engine import Events
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from mito_monai.engines import DomainAdaptationTrainer, LossTerm, cycle, method_terms, sigmoid_rampup, supervised_domain
-from mito_monai.handlers import AtomicCheckpointSaver, latest_checkpoint, load_checkpoint
+from mito_monai.engines import (
+    DomainAdaptationTrainer,
+    LossTerm,
+    cycle,
+    method_terms,
+    num_epochs,
+    sigmoid_rampup,
+    supervised_domain,
+)
+from mito_monai.handlers import AtomicCheckpointSaver, atomic_torch_save, latest_checkpoint, load_checkpoint, resume_training
 
 
 class TinyNet(nn.Module):
@@ -173,32 +182,134 @@ def test_missing_view_key_is_explained():
         trainer.run()
 
 
+def _shuffled_run(epochs: int, ckpt_dir=None, resume_from=None, extra=None):
+    """A trainer with shuffled source and target loaders (random crops via a random flip in the target views)
+    and a feature-consistency term with an active ramp-up; optionally saving to / resuming from a folder."""
+    term = LossTerm(Recorder(), 0.5, ["target_features_strong", "target_features_weak"], rampup_iterations=4)
+    target = DataLoader(Slices(6, labelled=False, seed=1), batch_size=2, shuffle=True)
+    trainer = _trainer(terms={"cf": term}, target=target, epochs=epochs, epoch_length=2, shuffle=True)
+    objects = {"model": trainer.network, "optimizer": trainer.optimizer, **(extra or {})}
+    if ckpt_dir is not None:
+        AtomicCheckpointSaver(ckpt_dir, objects).attach(trainer)
+    if resume_from is not None:
+        resume_training(trainer, resume_from, objects)
+    return trainer
+
+
 def test_atomic_checkpoint_resume_matches_uninterrupted(tmp_path):
-    # uninterrupted: 2 epochs x 2 iterations (epoch = one pass over the loader, so data order is reproducible)
-    full = _trainer(epochs=2, epoch_length=2)
+    full = _shuffled_run(epochs=3)
     full.run()
     reference = {k: v.clone() for k, v in full.network.state_dict().items()}
 
-    # interrupted after epoch 1, then resumed from the checkpoint in a fresh process-like setup
-    first = _trainer(epochs=1, epoch_length=2)
-    saver = AtomicCheckpointSaver(
-        tmp_path, {"model": first.network, "optimizer": first.optimizer},
-        final_model=first.network, final_path=tmp_path / "model.pt",
-    )
-    saver.attach(first)
+    # interrupted after epoch 1 (the configured run is 3 epochs), then resumed in a fresh set-up
+    first = _shuffled_run(epochs=3, ckpt_dir=tmp_path)
+    first.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: e.terminate())
     first.run()
     ckpt = latest_checkpoint(tmp_path)
     assert ckpt is not None and ckpt.endswith("checkpoint_iteration=2.pt")
     assert not list(tmp_path.glob("*.tmp"))
+    assert {"model", "optimizer", "trainer", "random_state", "loss_terms"} == set(load_checkpoint(ckpt))
 
-    from monai.handlers import CheckpointLoader
-
-    second = _trainer(epochs=2, epoch_length=2)
-    CheckpointLoader(ckpt, {"model": second.network, "optimizer": second.optimizer, "trainer": second}).attach(second)
+    torch.manual_seed(123)  # whatever the new process drew before, the resumed run continues the old one
+    second = _shuffled_run(epochs=3, resume_from=tmp_path)
     second.run()
-    assert second.state.iteration == 4
+    assert second.state.iteration == 6
     for k, v in second.network.state_dict().items():
         assert torch.allclose(v, reference[k], atol=1e-6), k
+
+
+def test_resume_refuses_objects_it_cannot_restore(tmp_path):
+    teacher = torch.optim.swa_utils.AveragedModel(TinyNet())
+    first = _shuffled_run(epochs=1, ckpt_dir=tmp_path, extra={"teacher": teacher})
+    first.run()
+    assert "teacher" in load_checkpoint(latest_checkpoint(tmp_path))
+    # the EMA teacher was saved; a resume that does not restore it would silently reset it
+    second = _shuffled_run(epochs=2, resume_from=tmp_path)
+    with pytest.raises(ValueError, match=r"holds \['teacher'\], which this run has nothing to load into"):
+        second.run()
+    # a checkpoint that lacks an object to restore is named too
+    third = _shuffled_run(epochs=2, resume_from=tmp_path, extra={"teacher": teacher, "scheduler": teacher})
+    with pytest.raises(ValueError, match=r"lacks \['scheduler'\]"):
+        third.run()
+
+
+def test_resume_keeps_the_checkpoint_rampup(tmp_path):
+    term = LossTerm(Recorder(), 1.0, ["target_features_strong"], rampup_iterations=10)
+    state = term.state_dict()
+    longer = LossTerm(Recorder(), 1.0, ["target_features_strong"], rampup_iterations=20)  # num_iterations doubled
+    longer.load_state_dict(state)
+    assert longer.rampup_iterations == 10 and longer.weight_at(5) == pytest.approx(term.weight_at(5))
+
+
+def test_num_epochs_refuses_a_remainder():
+    assert num_epochs(300, 100) == 3 and num_epochs(5, 5) == 1
+    with pytest.raises(ValueError, match="num_iterations=350 is not a multiple of epoch_length=100.*300 or 400"):
+        num_epochs(350, 100)
+    with pytest.raises(ValueError, match="num_iterations=50 is not a multiple of epoch_length=100.*=100,"):
+        num_epochs(50, 100)
+    with pytest.raises(ValueError, match="epoch_length must be a positive integer"):
+        num_epochs(100, 0)
+
+
+def test_bundle_refuses_iterations_that_do_not_divide_into_epochs():
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "bundles/r4mito/configs/train.json"))
+    parser.update({"num_iterations": 250, "epoch_length": 100})
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("max_epochs")
+    chain = [err.value]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    assert any("num_iterations=250 is not a multiple of epoch_length=100" in str(e) for e in chain)
+
+
+def test_atomic_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_iteration=1.pt"
+    atomic_torch_save({"w": torch.ones(2)}, path)
+    previous = path.read_bytes()
+
+    def failing_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"w": torch.zeros(2)}, path)
+    assert path.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+    monkeypatch.undo()
+
+    # a failing rename (the last step) leaves the previous file and no temporary file either
+    monkeypatch.setattr("os.replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_torch_save({"w": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == previous and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(2))
+
+
+def test_atomic_save_fsyncs_the_directory_after_the_rename(tmp_path, monkeypatch):
+    import os
+
+    events = []
+    real_replace, real_fsync, real_open = os.replace, os.fsync, os.open
+    opened = {}
+
+    def record_open(p, flags, *args, **kwargs):
+        fd = real_open(p, flags, *args, **kwargs)
+        opened[fd] = str(p)
+        return fd
+
+    monkeypatch.setattr(os, "open", record_open)
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(opened[fd]), real_fsync(fd))[1])
+    atomic_torch_save({"w": torch.ones(1)}, tmp_path / "a.pt")
+    # the temporary file is fsynced, renamed, then its directory is fsynced
+    assert len(events) == 3 and events[0].endswith(".tmp") and events[1:] == ["replace", str(tmp_path)]
 
 
 def test_final_model_is_not_overwritten_silently(tmp_path):

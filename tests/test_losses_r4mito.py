@@ -508,3 +508,17 @@ def test_agent_losses_with_normalized_features_are_scale_invariant():
     assert not torch.allclose(raw(strong, weak)[0], raw(3.0 * strong, 3.0 * weak)[0], atol=1e-3)
     # identical views still give exactly zero
     assert all(float(v) == 0.0 for v in cosine(weak, weak))
+
+
+def test_pooled_agent_losses_equal_the_unpooled_losses_of_pooled_maps():
+    """pool_stride > 1 averages both views' maps over stride x stride blocks before the agent step: the
+    losses equal those of pool_stride=1 on the average-pooled maps (values, not only shapes)."""
+    strong, weak = _views((2, 8, 8, 8))
+    for stride in (2, 4):
+        pooled = AgentRelationLoss(num_agents=6, topk=3, pool_stride=stride)(strong, weak)
+        reference = AgentRelationLoss(num_agents=6, topk=3, pool_stride=1)(
+            F.avg_pool2d(strong, stride), F.avg_pool2d(weak, stride)
+        )
+        for got, want in zip(pooled, reference):
+            assert got.item() == pytest.approx(want.item(), rel=1e-6, abs=1e-8)
+        assert pooled[0].item() != pytest.approx(AgentRelationLoss(6, 3, pool_stride=1)(strong, weak)[0].item(), rel=1e-3)

@@ -304,3 +304,27 @@ def test_ignite_metric_distributed_gloo():
     expected = segmentation_metrics(prob, label)
     for key, value in expected.items():
         assert out[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_validation_in_chunks_sees_every_chunk(monkeypatch):
+    """Validation runs chunk by chunk: a bad value in the last chunk, or a range that only the chunks together
+    exceed, is still caught."""
+    import mito_monai.metrics.segmentation as seg
+
+    monkeypatch.setattr(seg, "_MAX_CHUNK_VOXELS", 7)
+    prob = np.full((3, 5, 5), 0.5, dtype=np.float32)
+    label = np.zeros((3, 5, 5), dtype=np.uint8)
+    label[0, 0, 0] = 1
+    seg.segmentation_metrics(prob, label)  # valid input passes every chunk
+    bad = prob.copy()
+    bad[-1, -1, -1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        seg.segmentation_metrics(bad, label)
+    wide = prob.copy()
+    wide[0, 0, 0], wide[-1, -1, -1] = -0.25, 1.5
+    with pytest.raises(ValueError, match=r"values in \[-0.25, 1.5\]"):
+        seg.segmentation_metrics(wide, label)
+    labels = label.copy()
+    labels[-1, -1, -1] = 2
+    with pytest.raises(ValueError, match="label must be binary"):
+        seg.segmentation_metrics(prob, labels)

@@ -147,3 +147,22 @@ def test_torch_export_matches_eager():
     exported = torch.export.export(net, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), net(x), atol=1e-6)
+
+
+def test_networks_and_ops_import_no_higher_layer():
+    """Data flows one way: ``ops`` (shared building blocks) imports no other layer; ``networks`` imports only
+    ``ops`` (never ``losses``, ``engines`` or above)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "mito_monai"
+    allowed = {"ops": {"ops"}, "networks": {"ops", "networks"}}
+    for layer, ok in allowed.items():
+        for path in (root / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+                for name in names:
+                    parts = name.split(".")
+                    if parts[0] == "mito_monai":
+                        assert len(parts) > 1 and parts[1] in ok, f"{path.relative_to(root)} imports {name}"

@@ -21,8 +21,11 @@ mistake such as a missing or misnamed slice.
 
 Colour: RGB(A) images whose R, G and B channels are equal are read as grey (channel 0). Other colour
 images are converted to luminance (ITU-R 601 weights) when read as images and refused when read as
-labels. Labels (``label=True``) are binarised as "non-zero" to uint8 {0, 1}, which covers 1-bit PNG
-masks, {0, 255} masks and instance-ID volumes alike.
+labels. An RGBA label whose colour is uniform and whose alpha channel is not fully opaque everywhere
+(a mask drawn as opacity on a transparent background) is read from its alpha channel. Labels
+(``label=True``) are binarised as "non-zero" to uint8 {0, 1}, which covers 1-bit PNG masks, {0, 255}
+masks and instance-ID volumes alike. JPEG labels are refused: lossy compression puts non-zero noise
+around every edge, which "non-zero" would read as foreground.
 
 Every problem with the input is raised as :class:`~mito_monai.data.errors.DataError` with a one-line
 message naming the file or folder.
@@ -187,9 +190,18 @@ def _require_exists(path: Path) -> None:
 # array helpers
 # ----------------------------------------------------------------------------------------------
 def _colour_to_grey(arr: np.ndarray, source: Path, label: bool) -> np.ndarray:
-    """(..., C) with C in {3, 4} -> (...): grey when R = G = B, luminance otherwise (images only)."""
+    """(..., C) with C in {3, 4} -> (...): grey when R = G = B, luminance otherwise (images only).
+
+    An RGBA label whose colour channels hold one value everywhere and whose alpha channel is not fully
+    opaque everywhere keeps its mask in the alpha channel (a transparent background): alpha is returned.
+    """
     red, green, blue = arr[..., 0], arr[..., 1], arr[..., 2]
     if np.array_equal(red, green) and np.array_equal(red, blue):
+        if label and arr.shape[-1] == 4:
+            alpha = arr[..., 3]
+            opaque = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else 1.0
+            if red.min() == red.max() and alpha.min() < opaque:
+                return np.ascontiguousarray(alpha)
         return np.ascontiguousarray(red)
     if label:
         differ = int(np.count_nonzero((red != green) | (red != blue)))
@@ -235,6 +247,12 @@ def _to_zyx(arr: np.ndarray, source: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 def _read_pil(path: Path, label: bool) -> np.ndarray:
     from PIL import Image
+
+    if label and _suffix(path) in (".jpg", ".jpeg"):
+        raise DataError(
+            f"{path}: JPEG label; JPEG compression is lossy and its noise around edges would be read as "
+            "foreground (labels are binarised as non-zero): save masks as PNG or TIFF"
+        )
 
     try:
         with Image.open(path) as im:

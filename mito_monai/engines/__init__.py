@@ -19,7 +19,7 @@ from mito_monai.engines.methods import (
     supervised_domain,
 )
 from mito_monai.engines.semi_supervised import SemiSupervisedTrainer
-from mito_monai.engines.schedules import sigmoid_rampup
+from mito_monai.engines.schedules import num_epochs, sigmoid_rampup
 
 __all__ = [
     "CAFA_CODE_TERMS",
@@ -40,6 +40,7 @@ __all__ = [
     "init_distributed",
     "is_main_process",
     "method_terms",
+    "num_epochs",
     "sigmoid_rampup",
     "supervised_domain",
 ]

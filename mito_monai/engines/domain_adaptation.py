@@ -38,9 +38,10 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
     before the first step, so that it starts from the network's weights, a warm start included).
 
     BatchNorm of the weak pass (``weak_bn``): ``"train"`` (default) normalises the weak target batch
-    with its own statistics; for the network itself this also updates its running statistics a
-    second time per step with target data (so they end up a source/target mixture, an implicit
-    AdaBN as in CAFA's separate source and target passes). ``"eval"`` uses the running statistics of
+    with its own statistics; for the network itself this also updates its running statistics with
+    target data, so a step updates them three times (source, weak, strong passes, in that order) and
+    they end up about two-thirds target, an implicit AdaBN as in CAFA's separate source and target
+    passes (tested in ``tests/test_domain_adaptation_objective.py``). ``"eval"`` uses the running statistics of
     the model that produces the weak view and updates nothing. A teacher's own running statistics are
     never moved by its forward pass: they are the average of the network's.
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.utils import str2bool
@@ -140,6 +142,19 @@ class LossTerm(nn.Module):
                 )
             value = value[self.output]
         return value
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The ramp-up length goes into checkpoints, so that a resumed run keeps the schedule it started with."""
+        return {"rampup_iterations": self.rampup_iterations}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Adopt a checkpoint's ramp-up length (a resume that asks for more iterations keeps the original ramp)."""
+        saved = int(state["rampup_iterations"])
+        if saved != self.rampup_iterations:
+            logging.getLogger(__name__).warning(
+                f"keeping the checkpoint's ramp-up of {saved} iterations (this run configured {self.rampup_iterations})."
+            )
+        self.rampup_iterations = saved
 
     def extra_repr(self) -> str:
         return (

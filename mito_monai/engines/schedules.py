@@ -1,10 +1,10 @@
-"""Weight schedules for unsupervised loss terms."""
+"""Training schedules: the ramp-up of unsupervised loss terms, and epochs from an iteration budget."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["sigmoid_rampup"]
+__all__ = ["num_epochs", "sigmoid_rampup"]
 
 
 def sigmoid_rampup(iteration: int, rampup_iterations: int) -> float:
@@ -27,3 +27,25 @@ def sigmoid_rampup(iteration: int, rampup_iterations: int) -> float:
         return 1.0
     phase = 1.0 - min(iteration, rampup_iterations) / rampup_iterations
     return math.exp(-5.0 * phase * phase)
+
+
+def num_epochs(num_iterations: int, epoch_length: int) -> int:
+    """The number of epochs that runs exactly ``num_iterations`` iterations of ``epoch_length`` each.
+
+    Raises:
+        ValueError: when ``num_iterations`` is not a positive multiple of ``epoch_length`` (a remainder would
+            otherwise be dropped, or an extra partial epoch run, without saying so).
+    """
+    for name, value in (("num_iterations", num_iterations), ("epoch_length", epoch_length)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    epochs, remainder = divmod(num_iterations, epoch_length)
+    if remainder or epochs == 0:
+        lower = max(epochs, 1) * epoch_length
+        raise ValueError(
+            f"num_iterations={num_iterations} is not a multiple of epoch_length={epoch_length}: training runs whole "
+            f"epochs, so ask for num_iterations={lower}"
+            + (f" or {lower + epoch_length}" if epochs else "")
+            + ", or change epoch_length."
+        )
+    return epochs

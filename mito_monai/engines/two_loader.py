@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from torch import nn
@@ -34,6 +35,9 @@ class TwoLoaderTrainer(SupervisedTrainer):
     """A MONAI ``SupervisedTrainer`` whose epoch is driven by ``train_data_loader`` while a second
     loader (the unlabelled target or the unlabelled slices) is cycled alongside it.
 
+    The second loader starts a fresh pass at every epoch (a pass longer than an epoch is cut there), so that
+    a run resumed from an epoch-boundary checkpoint draws the same batches as the uninterrupted run.
+
     Subclasses call :meth:`_set_terms` in their constructor, override ``_iteration`` and use
     :meth:`_next_second_batch`, :meth:`_autocast`, :meth:`_add_terms` and :meth:`_backward_and_step`.
 
@@ -59,6 +63,16 @@ class TwoLoaderTrainer(SupervisedTrainer):
         self.amp_dtype = amp_dtype
         self._second_loader = second_data_loader
         self._second_iter: Iterator | None = None
+        # every epoch starts a fresh pass of the second loader, as a resumed run does (exact resume)
+        self.add_event_handler(Events.EPOCH_STARTED, self._restart_second_loader)
+
+    @property
+    def second_data_loader(self) -> Iterable | None:
+        """The cycled second loader."""
+        return self._second_loader
+
+    def _restart_second_loader(self, _engine: Any = None) -> None:
+        self._second_iter = None
 
     def _set_terms(self, terms: Mapping[str, LossTerm] | None, available: dict[str, str]) -> None:
         """Check ``terms`` against the quantities this trainer computes; keep them and the active ones."""

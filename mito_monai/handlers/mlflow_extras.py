@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,40 +28,45 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return out
 
 
-def _find_mlflow_handler(engine: Engine) -> Any | None:
+def _find_mlflow_handler(handlers: Sequence[Any]) -> Any | None:
+    """The first MONAI ``MLFlowHandler`` among ``handlers`` (what ``--tracking mlflow`` appends), or None."""
     from monai.handlers import MLFlowHandler
 
-    for handlers in getattr(engine, "_event_handlers", {}).values():
-        for func, _, _ in handlers:
-            owner = getattr(func, "__self__", None)
-            if isinstance(owner, MLFlowHandler):
-                return owner
-    return None
+    return next((h for h in handlers if isinstance(h, MLFlowHandler)), None)
 
 
 class MLflowRunExtras:
     """Complements ``--tracking mlflow``: the run's parameters and per-iteration loss terms.
 
-    MONAI's stock ``MLFlowHandler`` (added by ``--tracking mlflow``) logs the total loss and the
-    validation metrics. This handler finds that handler on the same engine and, through its run,
-    logs ``params`` once and, every ``log_every`` iterations, every scalar output whose key starts
-    with one of ``prefixes`` (``loss_*`` terms and their current ``weight_*``). Without tracking it
-    does nothing, so bundles can always list it.
+    MONAI's stock ``MLFlowHandler`` (appended to the trainer's handlers by ``--tracking mlflow``) logs
+    the total loss and the validation metrics. This handler looks for that handler among ``handlers``
+    (the same list the trainer was given; in a bundle ``"@train#handlers"``, so this handler is attached
+    from the ``run`` list, not listed there itself) and, through its run and the public MLflow client,
+    logs ``params`` once and, every ``log_every`` iterations, every scalar output whose key starts with
+    one of ``prefixes`` (``loss_*`` terms and their current ``weight_*``). Without tracking it does
+    nothing, so bundles can always attach it.
 
     Args:
         params: run parameters (nested dicts are flattened to ``a.b``).
         prefixes: output keys to log per iteration.
         log_every: iteration interval.
+        handlers: the handler objects of the engine this one is attached to, searched for MONAI's
+            ``MLFlowHandler``.
     """
 
     def __init__(
-        self, params: Mapping[str, Any] | None = None, prefixes: Sequence[str] = ("loss_", "weight_"), log_every: int = 1
+        self,
+        params: Mapping[str, Any] | None = None,
+        prefixes: Sequence[str] = ("loss_", "weight_"),
+        log_every: int = 1,
+        handlers: Sequence[Any] = (),
     ) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}.")
         self.params = flatten_params(params or {})
         self.prefixes = tuple(prefixes)
         self.log_every = log_every
+        self.handlers = list(handlers or ())
         self._handler: Any | None = None
         self._params_logged = False
         self.logger = logging.getLogger(__name__)
@@ -85,17 +91,26 @@ class MLflowRunExtras:
 
     def __call__(self, engine: Engine) -> None:
         if self._handler is None:
-            self._handler = _find_mlflow_handler(engine)
+            self._handler = _find_mlflow_handler(self.handlers)
             if self._handler is None:
                 return
-        if getattr(self._handler, "cur_run", None) is None:
+        run, client = getattr(self._handler, "cur_run", None), getattr(self._handler, "client", None)
+        if run is None or client is None:
             return
+        run_id = run.info.run_id
         if not self._params_logged and self.params:
-            existing = self._handler.client.get_run(self._handler.cur_run.info.run_id).data.params
-            new = {k: v for k, v in self.params.items() if k not in existing}
+            from mlflow.entities import Param
+
+            existing = client.get_run(run_id).data.params
+            new = [Param(k, v) for k, v in self.params.items() if k not in existing]
             if new:
-                self._handler._log_params(new)
+                client.log_batch(run_id, params=new)
             self._params_logged = True
         values = self._values(engine.state.output)
         if values:
-            self._handler._log_metrics(values, step=engine.state.iteration)
+            from mlflow.entities import Metric
+
+            stamp = int(time.time() * 1000)
+            client.log_batch(
+                run_id, metrics=[Metric(k, v, stamp, engine.state.iteration) for k, v in values.items()]
+            )

@@ -1,13 +1,3 @@
-# Copyright (c) mito-monai contributors
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
 """Small helpers shared by the loss modules (not part of the public API)."""
 
 from __future__ import annotations
@@ -16,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from monai.utils import LossReduction
 
+from mito_monai.ops.agent_selection import check_feature_map, no_autocast
 
-def no_autocast(device: torch.device) -> torch.autocast:
-    """A context that switches autocast off on ``device``, so the loss maths runs in float32."""
-    return torch.autocast(device_type=device.type, enabled=False)
+__all__ = ["check_feature_map", "check_feature_pair", "labels_to_index", "no_autocast", "reduce_loss"]
 
 
 def reduce_loss(values: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -31,18 +20,6 @@ def reduce_loss(values: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == LossReduction.NONE.value:
         return values
     raise ValueError(f'unsupported reduction {reduction!r}, available options are ["mean", "sum", "none"].')
-
-
-def check_feature_map(name: str, features: torch.Tensor) -> None:
-    """Raise when ``features`` is not a floating (B, C, *spatial) tensor with 1 to 3 spatial dims."""
-    if not isinstance(features, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(features).__name__}.")
-    if features.dim() not in (3, 4, 5):
-        raise ValueError(
-            f"{name} must have shape (B, C, *spatial) with 1 to 3 spatial dims, got {tuple(features.shape)}."
-        )
-    if not features.is_floating_point():
-        raise TypeError(f"{name} must be a floating point tensor, got dtype {features.dtype}.")
 
 
 def check_feature_pair(

@@ -1,13 +1,3 @@
-# Copyright (c) mito-monai contributors
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
 """Reliable prototype pseudo-labels (R4MITO's ``L_pro``, DESIGN section 3.2)."""
 
 from __future__ import annotations
@@ -182,7 +172,8 @@ class PrototypePseudoLabelLoss(_Loss):
         updated = torch.where(seen.unsqueeze(1), blended, batch_prototypes)
         memory = torch.where(present.unsqueeze(1), updated, memory)
         seen = seen | present
-        self.prototype_memory, self.prototype_seen = memory, seen
+        # plain tensors (features may be MONAI MetaTensors): a checkpoint must load with weights_only=True
+        self.prototype_memory, self.prototype_seen = memory.as_subclass(torch.Tensor), seen.as_subclass(torch.Tensor)
         return memory.clone(), seen.clone()
 
     def forward(

@@ -24,7 +24,9 @@ Degenerate cases (all documented here once, and tested):
   ``matthews_corrcoef`` convention (this includes a slice that is empty in both label and prediction).
 
 All functions accept numpy arrays or torch tensors (any device); computations run in float64 with torch
-on the input's device, and volumes are processed a few slices at a time so memory stays bounded.
+on the input's device, and volumes are validated and scored a few slices at a time, so the working
+memory stays bounded; the only full-size copies are of inputs in another dtype (``label`` not bool:
+a bool copy, 1 byte a voxel; ``prob`` not float32/float64: a float32 copy).
 """
 
 from __future__ import annotations
@@ -66,7 +68,10 @@ def _to_tensor(x, name: str) -> torch.Tensor:
 def _validate_prob_label(prob, label, ndims: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert and check ``prob`` (float in [0, 1]) and ``label`` (binary) of identical shape.
 
-    Returns ``prob`` as a floating tensor and ``label`` as a bool tensor on ``prob``'s device.
+    Returns ``prob`` as a floating tensor and ``label`` as a bool tensor on ``prob``'s device. The checks
+    work on chunks of at most ``_MAX_CHUNK_VOXELS`` voxels; the only full-size results are the returned
+    tensors: a copy of ``prob`` when it is not float32/float64 (as float32) and of ``label`` when it is not
+    bool (1 byte a voxel).
     """
     p = _to_tensor(prob, "prob")
     y = _to_tensor(label, "label")
@@ -85,21 +90,28 @@ def _validate_prob_label(prob, label, ndims: tuple[int, ...] | None = None) -> t
         raise TypeError(f"prob must be real-valued, got dtype {p.dtype}.")
     if not p.is_floating_point() or p.dtype in (torch.float16, torch.bfloat16):
         p = p.to(torch.float32)
-    if torch.isnan(p).any():
-        raise ValueError("prob contains NaN; expected foreground probabilities in [0, 1].")
-    p_min, p_max = float(p.min()), float(p.max())
+    y = y.to(p.device)
+    if y.is_complex():
+        raise TypeError(f"label must be real-valued, got dtype {y.dtype}.")
+    # the checks run chunk by chunk, so their temporaries stay bounded whatever the volume's size
+    flat_p, flat_y = p.reshape(-1), y.reshape(-1)
+    p_min, p_max = float("inf"), float("-inf")
+    for start in range(0, flat_p.numel(), _MAX_CHUNK_VOXELS):
+        chunk = flat_p[start : start + _MAX_CHUNK_VOXELS]
+        if torch.isnan(chunk).any():
+            raise ValueError("prob contains NaN; expected foreground probabilities in [0, 1].")
+        p_min, p_max = min(p_min, float(chunk.min())), max(p_max, float(chunk.max()))
+        if y.dtype != torch.bool:
+            labels = flat_y[start : start + _MAX_CHUNK_VOXELS]
+            if ((labels != 0) & (labels != 1)).any():
+                values = torch.unique(labels)[:8].tolist()
+                raise ValueError(f"label must be binary with values in {{0, 1}}, got values including {values}.")
     if p_min < 0.0 or p_max > 1.0:
         raise ValueError(
             f"prob must hold foreground probabilities in [0, 1], got values in [{p_min:g}, {p_max:g}] "
             "(apply sigmoid/softmax to logits first)."
         )
-    y = y.to(p.device)
     if y.dtype != torch.bool:
-        if y.is_complex():
-            raise TypeError(f"label must be real-valued, got dtype {y.dtype}.")
-        if ((y != 0) & (y != 1)).any():
-            values = torch.unique(y)[:8].tolist()
-            raise ValueError(f"label must be binary with values in {{0, 1}}, got values including {values}.")
         y = y != 0
     return p, y
 

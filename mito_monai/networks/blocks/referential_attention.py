@@ -1,13 +1,3 @@
-# Copyright (c) mito-monai contributors
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
 """DualRel's reliable pixel aggregation: cross-attention rectified by referential correlation (DESIGN section 4)."""
 
 from __future__ import annotations
@@ -19,7 +9,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import MLPBlock
 
-from mito_monai.losses.agents import AGENT_STRATEGIES, orthogonal_indices, select_agents
+from mito_monai.ops import AGENT_STRATEGIES, orthogonal_indices, select_agents
 
 __all__ = ["ReferentialAttentionMaps", "ReferentialCrossAttention"]
 

@@ -1,13 +1,3 @@
-# Copyright (c) mito-monai contributors
-# Licensed under the Apache License, Version 2.0 (the "License");
-# you may not use this file except in compliance with the License.
-# You may obtain a copy of the License at
-#     http://www.apache.org/licenses/LICENSE-2.0
-# Unless required by applicable law or agreed to in writing, software
-# distributed under the License is distributed on an "AS IS" BASIS,
-# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
-# See the License for the specific language governing permissions and
-# limitations under the License.
 """DualRel (CVPR 2023): two ResNet/U-Net branches with mito filters, prototypes and a reliability head."""
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import TwoConv, UpCat
 from monai.networks.nets.resnet import ResNet, get_inplanes, resnet_params
 
-from mito_monai.losses.agents import AGENT_STRATEGIES
+from mito_monai.ops import AGENT_STRATEGIES
 from mito_monai.networks.blocks.referential_attention import ReferentialCrossAttention
 
 __all__ = ["DualRelBranchOutput", "DualRelInferenceNet", "DualRelNet", "DualRelOutput", "DualRelSingleBranch"]
