@@ -1,4 +1,4 @@
-"""Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras."""
+"""Ignite event handlers: atomic checkpoints, the final evaluation report, MLflow extras, the run history and report."""
 
 from mito_monai.handlers.checkpoint import (
     AtomicCheckpointSaver,
@@ -8,6 +8,7 @@ from mito_monai.handlers.checkpoint import (
     load_checkpoint,
     resume_training,
 )
+from mito_monai.handlers.history import TrainingHistory, output_scalars
 from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
 from mito_monai.handlers.selection import LabelFreeSelection
 from mito_monai.handlers.report import (
@@ -18,6 +19,7 @@ from mito_monai.handlers.report import (
     require_file,
     scalar_metrics,
 )
+from mito_monai.handlers.run_report import RunReport
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -25,12 +27,15 @@ __all__ = [
     "FinalEvaluation",
     "LabelFreeSelection",
     "MLflowRunExtras",
+    "RunReport",
+    "TrainingHistory",
     "flatten_params",
     "atomic_torch_save",
     "format_metrics_table",
     "init_from_checkpoint",
     "latest_checkpoint",
     "load_checkpoint",
+    "output_scalars",
     "report_metrics",
     "require_file",
     "resume_training",
