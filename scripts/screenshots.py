@@ -20,10 +20,17 @@ def report_screenshot(report: Path, out: Path) -> Path:
     if browser is None:
         raise SystemExit("chromium is not on PATH (apt-get install chromium).")
     subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1150,2300",
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1150,4700",
          f"--screenshot={out}", report.resolve().as_uri()],
         check=True, capture_output=True, timeout=120,
     )
+    from PIL import Image, ImageOps
+
+    with Image.open(out) as shot:  # the page without the blank below it, at README width, 256 colours
+        shot = shot.convert("RGB")
+        shot = shot.crop((0, 0, shot.width, ImageOps.invert(shot).getbbox()[3] + 20))
+        shot = shot.resize((800, round(shot.height * 800 / shot.width)), Image.LANCZOS)
+        shot.quantize(256).save(out, optimize=True)
     return out
 
 

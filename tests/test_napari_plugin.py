@@ -80,6 +80,16 @@ def test_backend_segments_like_the_stack_segmenter_and_adaptation_can_be_cancell
         )
     assert seen == [(1, 50)]
 
+    # warm start from a source model, no target labels: a bundle run without final_metrics.json or report
+    model = adapt_to_volume(
+        image, demo / "source", tmp_path / "warm", method="noadapt", num_iterations=1, init_checkpoint=checkpoint,
+        overrides=TRAIN,
+    )
+    assert model.is_file() and not (tmp_path / "warm" / "eval" / "final_metrics.json").exists()
+    assert (tmp_path / "warm" / "eval" / "history.jsonl").is_file()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        adapt_to_volume(image, demo / "source", tmp_path / "warm", method="noadapt", num_iterations=1, overrides=TRAIN)
+
 
 def _viewer_with_image(make_napari_viewer, data, scale):
     viewer = make_napari_viewer()

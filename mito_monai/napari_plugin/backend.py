@@ -197,6 +197,7 @@ def adapt_to_volume(
         "val_interval": 10**9,  # the final model is scored once (FinalEvaluation)
         "report": label is not None,  # without labels the report's slices and calibration would be meaningless
         "ckpt_dir": str(output_dir / "models"), "output_dir": f"$'{output_dir / 'eval'}'",
+        "init_checkpoint": str(init_checkpoint) if init_checkpoint else "",  # the bundle's warm start
         **overrides,
     }
     workflow = ConfigWorkflow(
@@ -205,15 +206,6 @@ def adapt_to_volume(
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    if init_checkpoint:
-        from mito_monai.handlers.checkpoint import load_checkpoint
-
-        state = load_checkpoint(init_checkpoint, map_location="cpu")
-        state = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
-        try:
-            trainer.network.load_state_dict(state)
-        except RuntimeError as e:
-            raise ValueError(f"{init_checkpoint} does not fit the network (were the channels changed?): {str(e).splitlines()[0]}") from None
     cancelled = []
 
     def step(engine) -> None:
