@@ -143,6 +143,31 @@ def test_slice_statistics_and_example_picks_match_hand_counts():
     assert pick_examples([0.2, 0.9, 0.5, 0.1]) == [("best", 1), ("median", 0), ("worst", 3)]
 
 
+def test_run_report_keeps_the_first_evaluation_at_the_final_iteration(tmp_path):
+    """A later evaluation at the same iteration (e.g. of the label-free selection's weights) is not the final model's."""
+    from ignite.engine import Engine, Events
+
+    from mito_monai.handlers import RunReport
+
+    label = torch.zeros(1, 1, 4, 4)
+    label[..., :2] = 1
+    outputs = iter([label * 10 - 5, label * 10 - 5, -label * 10 + 5])  # foreground logit: right, right, wrong
+
+    def evaluate(engine, batch):
+        fg = next(outputs)
+        return {"pred": torch.cat([torch.zeros_like(fg), fg], dim=1), "label": label}
+
+    evaluator = Engine(evaluate)
+    trainer = Engine(lambda e, b: None)
+    report = RunReport(evaluator, tmp_path)
+    report.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    trainer.run([0], max_epochs=2)  # evaluations at iterations 1 and 2
+    evaluator.run([0])  # another evaluation at iteration 2, of other weights
+    assert report.statistics.iou == [0.0]
+    assert report._first_at[2].iou == [1.0] and list(report._first_at) == [2]
+
+
 def test_error_overlay_colours_tp_fp_fn_distinctly():
     image = np.full((2, 2), 0.5)
     label = np.array([[1, 1], [0, 0]])

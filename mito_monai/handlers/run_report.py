@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 class RunReport:
     """Draws the run report when training completes; with ``--tracking mlflow`` logs it into the run.
 
-    While ``evaluator`` runs it keeps each slice's IoU and the calibration bins (of its latest run: list this
-    handler after :class:`~mito_monai.handlers.FinalEvaluation`, which makes the last run the final model's).
+    While ``evaluator`` runs it keeps each slice's IoU and the calibration bins. The report uses the first
+    evaluation at the trainer's final iteration: that is the final model's (the epoch's validation, or
+    :class:`~mito_monai.handlers.FinalEvaluation`; list this handler after it), whatever later runs score
+    (e.g. the selected weights of :class:`~mito_monai.handlers.LabelFreeSelection`).
     At ``COMPLETED`` it predicts the best, median and worst slices again, computes the method's maps on the
     median slice (a central crop of at most ``max_crop``), and writes into ``output_dir``:
     ``report_data.npz`` and ``report/`` (the PNGs and a self-contained ``report.html``; see
@@ -93,20 +95,29 @@ class RunReport:
         self.artifact_path = artifact_path
         self.enabled = bool(enabled)
         self.statistics = SliceStatistics()
+        self._first_at: dict[int, SliceStatistics] = {}  # trainer iteration -> its first evaluation
+        self._trainer: Engine | None = None
         self._mlflow: tuple[Any, str] | None = None
         self.report_path: Path | None = None
 
     def attach(self, engine: Engine) -> None:
         if not self.enabled:
             return
-        self.evaluator.add_event_handler(Events.STARTED, lambda _: self.statistics.reset())
+        self._trainer = engine
+        self.evaluator.add_event_handler(Events.STARTED, lambda _: setattr(self, "statistics", SliceStatistics()))
         self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._evaluated)
+        self.evaluator.add_event_handler(Events.COMPLETED, self._evaluation_completed)
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._find_mlflow_run)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _evaluated(self, evaluator: Engine) -> None:
         prob, label = from_logits_output(evaluator.state.output)
         self.statistics.update(prob, label)
+
+    def _evaluation_completed(self, evaluator: Engine) -> None:
+        iteration = self._trainer.state.iteration if self._trainer is not None else 0
+        if iteration not in self._first_at:
+            self._first_at = {iteration: self.statistics}  # only the latest iteration's is needed
 
     def _find_mlflow_run(self, engine: Engine) -> None:
         handler = _find_mlflow_handler(engine)
@@ -139,10 +150,11 @@ class RunReport:
     @torch.no_grad()
     def collect(self, engine: Engine) -> ReportData:
         """Compute the report's arrays from the final model (see the class docstring)."""
-        data = ReportData(slice_iou=self.statistics.iou, calibration=self.statistics.calibration())
+        stats = self._first_at.get(engine.state.iteration, self.statistics)
+        data = ReportData(slice_iou=stats.iou, calibration=stats.calibration())
         evaluator = self.evaluator
         dataset = getattr(evaluator.data_loader, "dataset", None)
-        picks = pick_examples(self.statistics.iou)
+        picks = pick_examples(stats.iou)
         if dataset is None or not picks:
             return data
         eval_net, train_net = evaluator.network, engine.network
@@ -159,7 +171,7 @@ class RunReport:
                 images[name] = image
                 data.examples.append(
                     {
-                        "name": name, "index": index, "iou": self.statistics.iou[index], "image": as_numpy_slice(image),
+                        "name": name, "index": index, "iou": stats.iou[index], "image": as_numpy_slice(image),
                         "label": as_numpy_slice(item["label"]) > 0.5, "prob": as_numpy_slice(prob),
                     }
                 )
