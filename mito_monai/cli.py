@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "download", "make_demo"]
+__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "download", "make_demo", "report"]
 
 
 def _print_json(obj: Any) -> None:
@@ -164,6 +165,9 @@ def compare(
     tracking_uri: str | None = None,
     output: str | None = None,
     columns: str = "mAP,F1,MCC,IoU,Dice,Jaccard,ECE",
+    plot: str | None = None,
+    metric: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Print one row per MLflow run of EXPERIMENT (method, seed, final metrics) as a Markdown table.
 
@@ -172,9 +176,9 @@ def compare(
     bundles/dualrel/eval/mlruns.db, holds EXPERIMENT).
     --columns: comma-separated metrics; the UDA papers report mAP,F1,MCC,IoU, the SSL papers Dice,Jaccard,ECE.
     --output: also write the table to a file; ``.csv`` gives CSV (raw fractions), anything else Markdown.
+    --plot: also draw a PNG bar chart of --metric (default: the first column) per method, each run a point
+    labelled by its seed; an existing file is kept unless --overwrite true.
     """
-    from pathlib import Path
-
     from mito_monai.tracking import collect_runs, format_runs
 
     cols = [c.strip() for c in columns.split(",") if c.strip()] if isinstance(columns, str) else list(columns)
@@ -183,6 +187,52 @@ def compare(
     if output:
         fmt = "csv" if str(output).lower().endswith(".csv") else "markdown"
         Path(output).write_text(format_runs(rows, fmt, columns=cols))
+    if plot:
+        from mito_monai.visualize import write_compare_plot
+
+        chosen = metric or cols[0]
+        if chosen not in cols:
+            raise ValueError(f"--metric {chosen!r} is not among --columns {cols}.")
+        _print_json({"plot": str(write_compare_plot(rows, chosen, plot, overwrite=overwrite)), "metric": chosen})
+
+
+def report(
+    run: str | None = None,
+    output: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Draw a training run's report: one self-contained HTML page and its figures as PNG files beside it.
+
+    --run DIR: a finished bundle run (its ``eval/`` folder, or the folder above it, e.g. bundles/r4mito); the
+    default --output is DIR/eval/report/report.html, the one the training wrote (drawn again in place).
+    --experiment NAME --run_name R [--tracking_uri URI]: a run from the MLflow store instead (the store is found
+    as for ``compare``); the default --output is report_R/report.html.
+    Figures: loss of every term and its weight, validation metrics, the final metrics (both conventions), a
+    reliability diagram with the ECE, the best/median/worst test slices with TP/FP/FN, and the method's maps
+    (R4MITO prototype pseudo-labels and agents; DualRel activation maps and reliabilities).
+    Existing files are kept unless --overwrite true.
+    """
+    import tempfile
+
+    from mito_monai.visualize import FIGURE_FILES, find_eval_dir, write_report
+
+    if (run is None) == (experiment is None):
+        raise ValueError("give either --run DIR or --experiment NAME --run_name R.")
+    if run is not None:
+        # the default output is the run's own report (the training wrote it): drawing it again replaces it
+        path = write_report(find_eval_dir(run), output, overwrite=overwrite or output is None)
+    else:
+        if not run_name:
+            raise ValueError("--experiment needs --run_name (the run names are listed by `compare`).")
+        from mito_monai.tracking import download_run_report
+
+        with tempfile.TemporaryDirectory() as tmp:
+            inputs = download_run_report(experiment, run_name, tmp, tracking_uri=tracking_uri)
+            path = write_report(inputs, output or Path(f"report_{run_name}") / "report.html", overwrite=overwrite)
+    _print_json({"report": str(path), "figures": [str(path.with_name(n)) for n, _ in FIGURE_FILES.values() if path.with_name(n).is_file()]})
 
 
 COMMANDS = {
@@ -193,6 +243,7 @@ COMMANDS = {
     "download": download,
     "export-bioimageio": export_bioimageio,
     "make-demo": make_demo,
+    "report": report,
 }
 
 
@@ -205,6 +256,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         fire.Fire(COMMANDS, command=argv, name="mito_monai")
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

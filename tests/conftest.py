@@ -1,8 +1,10 @@
-"""Test options: ``--run-slow`` runs the tests marked ``slow`` (real-data or long checks), skipped otherwise."""
+"""Shared fixtures and options of the test suite: ``--run-slow`` runs the tests marked ``slow`` (real-data or
+long checks), skipped otherwise."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -16,3 +18,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The CPU is shared; one intra-op thread is much faster than two contending ones at the tests' sizes.
+
+    Use it in a module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

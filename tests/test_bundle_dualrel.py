@@ -41,13 +41,7 @@ TINY = {
 METRIC_KEYS = ("Dice", "Jaccard", "ECE")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CPU is shared; one intra-op thread is much faster than two contending ones at these sizes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

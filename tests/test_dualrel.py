@@ -15,13 +15,7 @@ from mito_monai.networks.blocks import ReferentialCrossAttention
 from mito_monai.networks.nets import DualRelNet, DualRelOutput
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CPU is shared; one intra-op thread is much faster than two contending ones here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------------------------------------------

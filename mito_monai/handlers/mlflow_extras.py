@@ -8,8 +8,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from ignite.engine import Engine, Events
+
+from mito_monai.handlers.history import output_scalars
 
 __all__ = ["MLflowRunExtras", "flatten_params"]
 
@@ -75,19 +76,7 @@ class MLflowRunExtras:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self)
 
     def _values(self, output: Any) -> dict[str, float]:
-        if isinstance(output, list) and output and isinstance(output[0], Mapping):
-            output = output[0]
-        if not isinstance(output, Mapping):
-            return {}
-        values = {}
-        for key, value in output.items():
-            if not isinstance(key, str) or not key.startswith(self.prefixes):
-                continue
-            if isinstance(value, torch.Tensor) and value.numel() == 1:
-                value = value.item()
-            if isinstance(value, numbers.Number):
-                values[key] = float(value)
-        return values
+        return output_scalars(output, self.prefixes)
 
     def __call__(self, engine: Engine) -> None:
         if self._handler is None:
