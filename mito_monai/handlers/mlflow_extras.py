@@ -53,6 +53,9 @@ class MLflowRunExtras:
         log_every: iteration interval.
         handlers: the handler objects of the engine this one is attached to, searched for MONAI's
             ``MLFlowHandler``.
+        share_run_with: objects with ``set_mlflow_run(client, run_id)`` (e.g. the
+            :class:`~mito_monai.handlers.RunReport`, which logs its figures as artifacts of the run) that are
+            told the run once it is known.
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class MLflowRunExtras:
         prefixes: Sequence[str] = ("loss_", "weight_"),
         log_every: int = 1,
         handlers: Sequence[Any] = (),
+        share_run_with: Sequence[Any] = (),
     ) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}.")
@@ -68,6 +72,8 @@ class MLflowRunExtras:
         self.prefixes = tuple(prefixes)
         self.log_every = log_every
         self.handlers = list(handlers or ())
+        self.share_run_with = list(share_run_with or ())
+        self._shared = False
         self._handler: Any | None = None
         self._params_logged = False
         self.logger = logging.getLogger(__name__)
@@ -87,6 +93,10 @@ class MLflowRunExtras:
         if run is None or client is None:
             return
         run_id = run.info.run_id
+        if not self._shared:
+            for obj in self.share_run_with:
+                obj.set_mlflow_run(client, run_id)
+            self._shared = True
         if not self._params_logged and self.params:
             from mlflow.entities import Param
 

@@ -11,7 +11,6 @@ import torch
 from ignite.engine import Engine, Events
 
 from mito_monai.engines.distributed import is_main_process
-from mito_monai.handlers.mlflow_extras import _find_mlflow_handler
 from mito_monai.metrics import from_logits_output
 from mito_monai.visualize.history import HISTORY_FILE
 from mito_monai.visualize.report import FIGURE_FILES, METRICS_FILE, write_report
@@ -107,7 +106,6 @@ class RunReport:
         self.evaluator.add_event_handler(Events.STARTED, lambda _: setattr(self, "statistics", SliceStatistics()))
         self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._evaluated)
         self.evaluator.add_event_handler(Events.COMPLETED, self._evaluation_completed)
-        engine.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._find_mlflow_run)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def _evaluated(self, evaluator: Engine) -> None:
@@ -119,10 +117,9 @@ class RunReport:
         if iteration not in self._first_at:
             self._first_at = {iteration: self.statistics}  # only the latest iteration's is needed
 
-    def _find_mlflow_run(self, engine: Engine) -> None:
-        handler = _find_mlflow_handler(engine)
-        if handler is not None and getattr(handler, "cur_run", None) is not None:
-            self._mlflow = (handler.client, handler.cur_run.info.run_id)
+    def set_mlflow_run(self, client: Any, run_id: str) -> None:
+        """The MLflow run to log the report into (told by :class:`~mito_monai.handlers.MLflowRunExtras`)."""
+        self._mlflow = (client, run_id)
 
     def __call__(self, engine: Engine) -> None:
         if not is_main_process():
