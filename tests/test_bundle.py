@@ -86,11 +86,16 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
         assert record["metrics"][key] == pytest.approx(evaluated[key], abs=1e-6), key
 
     # segment the same stack with the same window settings: scoring the written probabilities must
-    # give the evaluator's figures
+    # give the evaluator's figures (both in float32 here: bfloat16 rounding depends on the batching)
+    _run(
+        "evaluate", "evaluate.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
+        output_dir=str(tmp_path / "eval32"), channels=TINY["channels"], infer_roi=TINY["infer_roi"], amp=False,
+    )
+    evaluated = json.loads((tmp_path / "eval32" / "evaluation_metrics.json").read_text())["metrics"]
     seg_dir = tmp_path / "segmentation"
     _run(
         "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
-        output_dir=str(seg_dir), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
+        output_dir=str(seg_dir), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25, amp=False,
     )
     prob = read_volume(seg_dir / "probabilities.tif")
     mask = read_volume(seg_dir / "masks.tif")
