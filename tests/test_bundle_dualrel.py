@@ -149,7 +149,9 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
     assert f"| dualrel | 0 | {100 * record['metrics']['Dice']:.1f} |" in table
 
     # resume: 2 more iterations from the checkpoint; the optimiser, the lr schedule and the iteration count continue
-    record = _train(tmp_path, demo, method="dualrel", num_iterations=4, resume=True)
+    # float32 from here on (the bundles default to bfloat16 autocast): the evaluation, evaluate.json and
+    # inference.json then agree to 1e-6; their bfloat16 paths round at different places (~1e-4)
+    record = _train(tmp_path, demo, method="dualrel", num_iterations=4, resume=True, amp=False)
     assert record["iteration"] == 4
     state = torch.load(models / "checkpoint_iteration=4.pt", weights_only=True)
     assert state["trainer"]["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
@@ -159,7 +161,7 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
 
     # evaluate.json scores models/model.pt exactly as the training's final evaluation did
     _run("evaluate", "evaluate.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
-         output_dir=str(tmp_path / "eval"), **NET)
+         output_dir=str(tmp_path / "eval"), amp=False, **NET)
     evaluated = json.loads((tmp_path / "eval" / "evaluation_metrics.json").read_text())["metrics"]
     assert evaluated["num_slices"] == 16
     for key in ("Dice", "Jaccard", "ECE", "mAP", "IoU"):
@@ -168,7 +170,7 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
     # inference.json segments the test stack with the same window: scoring its probabilities gives the same figures
     seg_dir = tmp_path / "segmentation"
     _run("inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
-         output_dir=str(seg_dir), **NET)
+         output_dir=str(seg_dir), amp=False, **NET)
     prob = read_volume(seg_dir / "probabilities.tif")
     mask = read_volume(seg_dir / "masks.tif")
     assert prob.shape == mask.shape == (16, 64, 64) and prob.dtype == np.float32
@@ -181,7 +183,7 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
 
     # --output_format zarr: one OME-Zarr store, the same probabilities
     _run("inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
-         output_dir=str(tmp_path / "seg_zarr"), output_format="zarr", **NET)
+         output_dir=str(tmp_path / "seg_zarr"), output_format="zarr", amp=False, **NET)
     np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
 
     _, label = load_split("lucchi_pp", demo / "target", "test")
@@ -300,3 +302,51 @@ def test_resumed_run_equals_uninterrupted(tmp_path, demo, monkeypatch, method):
     for key in full:
         np.testing.assert_allclose(resumed[key].double().numpy(), full[key].double().numpy(), atol=1e-6, err_msg=key)
     assert any(not torch.allclose(state["model"][k].double(), full[k].double(), atol=1e-6) for k in full)
+
+
+def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
+    """Every unsupervised term has its own ramp-up length (default: the shared rampup_iterations), CPS's
+    hard-pixel mining is a switch (off by default), and bfloat16 autocast + channels-last are the defaults."""
+    monkeypatch.chdir(REPO)
+    terms = _parser(demo, num_iterations=40).get_parsed_content("terms")
+    assert {n: t.rampup_iterations for n, t in terms.items()} == {
+        "sup_1": 0, "mt": 10, "cps": 10, "rpc": 10, "div": 10, "div_1": 10,
+    }
+    assert terms["cps"].loss.ohem_threshold is None and terms["cps"].loss.min_kept == 0
+    parser = _parser(demo, num_iterations=40, rampup_iterations=8, rampup_cps=0, rampup_rpc=20, rampup_div=4,
+                     cps_ohem_threshold=0.7, cps_min_kept=100, use_cps=True)
+    terms = parser.get_parsed_content("terms")
+    assert {n: t.rampup_iterations for n, t in terms.items()} == {
+        "sup_1": 0, "mt": 8, "cps": 0, "rpc": 20, "div": 4, "div_1": 4,
+    }
+    assert terms["cps"].loss.ohem_threshold == 0.7 and terms["cps"].loss.min_kept == 100
+    assert terms["rpc"].weight_at(0) == pytest.approx(np.exp(-5.0)) and terms["rpc"].weight_at(20) == 1.0
+    assert terms["cps"].weight_at(0) == terms["cps"].weight
+    assert parser.get_parsed_content("train#mlflow_extras#params#terms#rpc#rampup_iterations") == 20
+    assert parser.get_parsed_content("train#mlflow_extras#params#terms#cps#ohem_threshold") == 0.7
+
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.amp and trainer.amp_dtype == torch.bfloat16
+    net = parser.get_parsed_content("network")
+    assert net.branches[0].encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    inferer = parser.get_parsed_content("validate#inferer")  # MONAI's evaluator autocasts on CUDA only
+    assert inferer.enabled and inferer.dtype in (torch.bfloat16, "bfloat16")
+
+
+def test_partition_1_32_of_our_83_slice_copy(tmp_path, monkeypatch, capsys):
+    """1/32 of an 83-slice training stack (our Lucchi++ copy): floor(83 / 32) = 2 labelled slices, listed
+    in the run's first log line and in the MLflow / final_metrics partition record."""
+    monkeypatch.chdir(REPO)
+    demo = make_demo_data(tmp_path / "demo83", num_slices=83, size=64)
+    parser = _parser(demo, partition="1/32", seed=1)
+    info = parser.get_parsed_content("partition_info")
+    assert info == partition_split("lucchi_pp", demo / "target", "train", "1/32", 1)
+    assert len(info.labelled) == 2 and len(info.unlabelled) == 81
+    assert parser.get_parsed_content("train#dataset").slices == list(info.labelled)
+    assert sorted(parser.get_parsed_content("train#unlabelled_dataset").slices + list(info.labelled)) == list(range(83))
+    parser.get_parsed_content("initialize")
+    out = capsys.readouterr().out
+    assert f'"partition": "1/32", "seed": 1, "num_labelled": 2, "num_unlabelled": 81, "labelled_slices": {json.dumps(list(info.labelled))}' in out
+    # what MLflowRunExtras and FinalEvaluation record
+    assert parser.get_parsed_content("train#mlflow_extras#params#partition") == info.as_dict()
+    assert parser.get_parsed_content("train#handlers#5#extra#partition") == info.as_dict()

@@ -323,6 +323,46 @@ def test_dualrel_branch_seeds_and_gradients():
         assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_dualrel_single_call_options():
+    """forward(details=True) is the branch's whole output and forward(with_reliability=False) leaves the
+    reliability head out of the graph (what a DDP-wrapped network needs: one forward call an iteration)."""
+    net = _small_net(branch_seeds=(1, 2)).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        details = net(x, branch=1, details=True)
+        reference = net.forward_branch(x, 1)
+        both = net(x, with_reliability=False)
+        full = net(x)
+    torch.testing.assert_close(details.prototypes, reference.prototypes)
+    torch.testing.assert_close(details.log_probabilities, net(x, branch=1))
+    assert both.reliability is None and full.reliability.shape == (2, net.num_filters)
+    torch.testing.assert_close(both.branches[0].log_probabilities, full.branches[0].log_probabilities)
+    net.train()
+    out = net(torch.randn(2, 1, 32, 32), with_reliability=False)
+    (out.branches[0].log_probabilities.mean() + out.branches[1].log_probabilities.mean()).backward()
+    assert all(p.grad is None for p in net.reliability_head.parameters())
+
+
+def test_dualrel_bfloat16_autocast_channels_last():
+    """The bundles' default: bfloat16 autocast with channels-last weights gives finite outputs and gradients
+    close to float32 (log-probabilities within bfloat16's ~3 significant digits)."""
+    net = _small_net(branch_seeds=(1, 2))
+    fast = _small_net(branch_seeds=(1, 2)).to(memory_format=torch.channels_last)
+    assert fast.branches[0].encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 64, 64)
+    ref = net(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x)
+    for b in (0, 1):
+        lp = out.branches[b].log_probabilities.float()
+        assert torch.isfinite(lp).all()
+        torch.testing.assert_close(lp.exp(), ref.branches[b].log_probabilities.exp(), atol=0.05, rtol=0)
+    assert torch.isfinite(out.reliability).all()
+    loss = sum(F.nll_loss(o.log_probabilities.float(), (x[:, 0] > 0.5).long()) for o in out.branches)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in fast.parameters() if p.grad is not None)
+
+
 def test_dualrel_validation():
     net = _small_net().eval()
     with pytest.raises(ValueError, match="divisible by 32"):

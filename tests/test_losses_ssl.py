@@ -140,6 +140,51 @@ def test_cps_identical_confident_branches_small():
     assert CrossPseudoSupervisionLoss()(a, a.clone()).item() == pytest.approx(0.0, abs=1e-10)
 
 
+def _two_class(fg_minus_bg: list[float]) -> torch.Tensor:
+    """(1, 2, 1, W) logits (0, d): the foreground probability of each pixel is sigmoid(d)."""
+    d = torch.tensor(fg_minus_bg, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(d), d]).reshape(1, 2, 1, -1)
+
+
+def test_cps_hard_pixel_mining_hand_computed():
+    # p_a(fg) = 3/4, 1/4, 9/10 -> argmax a = 1, 0, 1;  p_b(fg) = 1/5, 1/10, 4/5 -> argmax b = 0, 0, 1
+    a = _two_class([math.log(3), -math.log(3), math.log(9)])
+    b = _two_class([-math.log(4), -math.log(9), math.log(4)])
+    # direction a <- argmax b: the probabilities a gives those labels are 1/4, 3/4, 9/10 (CE ln 4, ln 4/3, ln 10/9);
+    # direction b <- argmax a: 1/5, 9/10, 4/5 (CE ln 5, ln 10/9, ln 5/4)
+    plain = (math.log(4) + math.log(4 / 3) + math.log(10 / 9) + math.log(5) + math.log(10 / 9) + math.log(5 / 4)) / 3
+    assert CrossPseudoSupervisionLoss()(a, b).item() == pytest.approx(plain, abs=1e-6)
+    # threshold 0.7: each direction keeps its one pixel under 0.7 (pixel 0 both times)
+    assert CrossPseudoSupervisionLoss(ohem_threshold=0.7)(a, b).item() == pytest.approx(math.log(20), abs=1e-6)
+    # at least 2 kept: the threshold rises to the 2nd smallest probability (3/4 for a, 4/5 for b)
+    mined = CrossPseudoSupervisionLoss(ohem_threshold=0.7, min_kept=2)(a, b).item()
+    assert mined == pytest.approx((math.log(4) + math.log(4 / 3)) / 2 + (math.log(5) + math.log(5 / 4)) / 2, abs=1e-6)
+    none = CrossPseudoSupervisionLoss(reduction="none", ohem_threshold=0.7, min_kept=2)(a, b)
+    expected = [math.log(4) + math.log(5), math.log(4 / 3), math.log(5 / 4)]
+    assert torch.allclose(none, torch.tensor([[expected]], dtype=torch.float32), atol=1e-6)
+    assert CrossPseudoSupervisionLoss(reduction="sum", ohem_threshold=0.7)(a, b).item() == pytest.approx(
+        math.log(20), abs=1e-6
+    )
+    # nothing under the threshold: 0, not NaN; threshold 1 keeps every pixel (the plain loss)
+    assert CrossPseudoSupervisionLoss(ohem_threshold=0.1)(a, b).item() == 0.0
+    assert CrossPseudoSupervisionLoss(ohem_threshold=1.0)(a, b).item() == pytest.approx(plain, abs=1e-6)
+
+
+def test_cps_hard_pixel_mining_drops_the_gradient_of_easy_pixels():
+    a = _two_class([math.log(3), -math.log(3), math.log(9)]).float().requires_grad_()
+    b = _two_class([-math.log(4), -math.log(9), math.log(4)]).float().requires_grad_()
+    CrossPseudoSupervisionLoss(ohem_threshold=0.7)(a, b).backward()
+    assert a.grad[..., 0].abs().sum() > 0 and b.grad[..., 0].abs().sum() > 0
+    assert torch.all(a.grad[..., 1:] == 0) and torch.all(b.grad[..., 1:] == 0)
+
+
+@pytest.mark.parametrize("kwargs", [{"ohem_threshold": 0.0}, {"ohem_threshold": 1.5}, {"ohem_threshold": True},
+                                    {"ohem_threshold": 0.7, "min_kept": -1}, {"min_kept": 5}])
+def test_cps_hard_pixel_mining_arguments(kwargs):
+    with pytest.raises(ValueError):
+        CrossPseudoSupervisionLoss(**kwargs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Mean Teacher softmax consistency
 

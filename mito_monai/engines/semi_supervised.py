@@ -12,6 +12,7 @@ from torch import nn
 
 from mito_monai.engines.loss_term import SEMI_SUPERVISED_INPUTS, LossTerm
 from mito_monai.engines.two_loader import TwoLoaderTrainer
+from mito_monai.networks.nets.dualrel import DualRelBranchOutput
 
 __all__ = ["SemiSupervisedTrainer"]
 
@@ -36,7 +37,11 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
     (labelled first), so normalisation layers see both. With a two-branch network (one that has
     ``forward_branch(x, branch)`` and ``reliability(out0, out1)``, i.e.
     :class:`~mito_monai.networks.nets.DualRelNet`) branch 1 only runs when a term needs it; any other network
-    is called as ``network(x)`` and provides the branch-0 quantities.
+    is called as ``network(x)`` and provides the branch-0 quantities. Every iteration calls the network once
+    (``network(x, with_reliability=...)`` for both branches, ``network(x, branch=0, details=True)`` for one), so a
+    ``DistributedDataParallel``-wrapped DualRelNet (its ``module`` is inspected) synchronises the gradients of
+    every part used; wrap it with ``find_unused_parameters=True`` unless the terms use both branches and the
+    reliability head (DualRel's ``rpc``).
 
     The objective is ``loss_function(labelled_logits, labels) + sum_k w_k(t) * term_k`` with the terms'
     inputs named in :data:`~mito_monai.engines.SEMI_SUPERVISED_INPUTS`. The methods of DualRel's comparison
@@ -104,7 +109,8 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
         )
         self._set_terms(terms, SEMI_SUPERVISED_INPUTS)
         needed = {q for term in self.active_terms.values() for q in term.inputs}
-        self._two_branch = hasattr(network, "forward_branch") and hasattr(network, "reliability")
+        core = network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
+        self._two_branch = hasattr(core, "forward_branch") and hasattr(core, "reliability")
         if needed & (_BRANCH_1 | _BRANCH_DETAILS) and not self._two_branch:
             raise ValueError(
                 f"terms {sorted(self.active_terms)} need {sorted(needed & (_BRANCH_1 | _BRANCH_DETAILS))}, which only a "
@@ -125,6 +131,7 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
                 "torch.optim.swa_utils.AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(0.99))."
             )
         self.teacher = teacher
+        self._core_network = core
         self.unlabelled_data_loader = unlabelled_data_loader
         self.unlabelled_key = unlabelled_key
         self.teacher_key = teacher_key
@@ -140,21 +147,31 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
             )
         return {k: raw[k].to(engine.state.device, non_blocking=engine.non_blocking) for k in keys}
 
-    def _branch(self, images: torch.Tensor, branch: int, quantities: dict, suffix: str, num_labelled: int) -> None:
-        """Run one branch on ``images`` (labelled first) and store its quantities under ``suffix``."""
-        details = None
-        if self._two_branch:
-            details = self.network.forward_branch(images, branch)
-            logits = details.log_probabilities
-            quantities["prototypes" + suffix] = details.prototypes
-            quantities["mito_features" + suffix] = details.mito_features
+    @staticmethod
+    def _store(out: Any, quantities: dict, suffix: str, num_labelled: int) -> None:
+        """Store one branch's quantities (its details, or the plain network's output) under ``suffix``."""
+        if isinstance(out, DualRelBranchOutput):
+            logits = out.log_probabilities
+            quantities["prototypes" + suffix] = out.prototypes
+            quantities["mito_features" + suffix] = out.mito_features
         else:
-            out = self.network(images)
             logits = out[0] if isinstance(out, (tuple, list)) else out
         quantities["logits" + suffix] = logits
         quantities["labelled_logits" + suffix] = logits[:num_labelled]
         quantities["unlabelled_logits" + suffix] = logits[num_labelled:]
-        quantities["_details" + suffix] = details
+
+    def _forward(self, images: torch.Tensor, quantities: dict, num_labelled: int) -> None:
+        """One call of the (possibly DDP-wrapped) network on ``images`` (labelled first)."""
+        if not self._two_branch:
+            self._store(self.network(images), quantities, "", num_labelled)
+        elif self._needs_branch_1:
+            out = self.network(images, with_reliability=self._needs_reliability)
+            self._store(out.branches[0], quantities, "", num_labelled)
+            self._store(out.branches[1], quantities, "_1", num_labelled)
+            if self._needs_reliability:
+                quantities["reliability"] = out.reliability
+        else:
+            self._store(self.network(images, branch=0, details=True), quantities, "", num_labelled)
 
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         # the teacher is a fixed target: inference mode, normalised by its (averaged) running statistics
@@ -180,11 +197,7 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
 
         with self._autocast():
             quantities: dict[str, Any] = {"labels": labels}
-            self._branch(images, 0, quantities, "", num_labelled)
-            if self._needs_branch_1:
-                self._branch(images, 1, quantities, "_1", num_labelled)
-            if self._needs_reliability:
-                quantities["reliability"] = engine.network.reliability(quantities["_details"], quantities["_details_1"])
+            self._forward(images, quantities, num_labelled)
             if self._needs_teacher:
                 quantities["teacher_logits"] = self._teacher_logits(views[self.teacher_key])
             engine.state.output[Keys.PRED] = quantities["labelled_logits"]
@@ -199,6 +212,6 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
 
         self._backward_and_step(engine, total)
         if self._needs_teacher:
-            self.teacher.update_parameters(engine.network)
+            self.teacher.update_parameters(self._core_network)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -59,11 +59,12 @@ class DualRelOutput:
 
     Attributes:
         branches: the two :class:`DualRelBranchOutput`, branch 0 then branch 1.
-        reliability: (B, K) prototype reliabilities ``r_k`` in (0, 1] (eq. 9).
+        reliability: (B, K) prototype reliabilities ``r_k`` in (0, 1] (eq. 9); ``None`` when the forward pass
+            was asked not to compute them (``with_reliability=False``).
     """
 
     branches: tuple[DualRelBranchOutput, DualRelBranchOutput]
-    reliability: torch.Tensor
+    reliability: torch.Tensor | None
 
 
 class _DualRelBranch(nn.Module):
@@ -366,16 +367,25 @@ class DualRelNet(nn.Module):
             self.pretrained_report = self.load_pretrained_encoders(pretrained_path)
 
     def forward(
-        self, x: torch.Tensor, branch: int | None = None
-    ) -> Union[DualRelOutput, torch.Tensor]:
+        self, x: torch.Tensor, branch: int | None = None, details: bool = False, with_reliability: bool = True
+    ) -> Union[DualRelOutput, DualRelBranchOutput, torch.Tensor]:
         """
+        Everything a training step needs comes out of this one call, so that a
+        ``torch.nn.parallel.DistributedDataParallel`` wrapper (which only sees ``forward``) synchronises the
+        gradients of every part that was used.
+
         Args:
             x: (B, in_channels, H, W) with H and W divisible by 32.
             branch: ``None`` runs both branches (training); 0 or 1 runs that branch only (inference).
+            details: with ``branch`` 0 or 1, return the branch's whole :class:`DualRelBranchOutput` instead of
+                its log-probabilities.
+            with_reliability: with ``branch=None``, whether to compute the reliabilities (False leaves
+                ``DualRelOutput.reliability`` None and the reliability head out of the graph, e.g. for CPS).
 
         Returns:
             a :class:`DualRelOutput` for ``branch=None``; otherwise the branch's (B, 2, H, W) log-probabilities
-            (logits whose softmax is the merged probability map; channel 1 is mitochondria).
+            (logits whose softmax is the merged probability map; channel 1 is mitochondria), or its
+            :class:`DualRelBranchOutput` with ``details=True``.
 
         Raises:
             ValueError: for a wrong input rank, channel number or spatial size, or an invalid ``branch``.
@@ -383,8 +393,10 @@ class DualRelNet(nn.Module):
         if branch is None:
             self._check_input(x)
             first, second = self.branches[0](x), self.branches[1](x)
-            return DualRelOutput(branches=(first, second), reliability=self.reliability(first, second))
-        return self.forward_branch(x, branch).log_probabilities
+            reliability = self.reliability(first, second) if with_reliability else None
+            return DualRelOutput(branches=(first, second), reliability=reliability)
+        out = self.forward_branch(x, branch)
+        return out if details else out.log_probabilities
 
     def forward_branch(self, x: torch.Tensor, branch: int) -> DualRelBranchOutput:
         """
