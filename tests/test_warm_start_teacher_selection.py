@@ -278,6 +278,27 @@ def test_selection_keeps_the_best_check_and_reports_its_test_metrics(tmp_path):
     assert block["best_in_hindsight"] == {"iteration": top["iteration"], "IoU": top["test"]["IoU"]}
 
 
+@pytest.mark.parametrize("start, chosen", [(0, 2), (3, 4), (5, 6), (7, 6)])
+def test_selection_ignores_checks_before_its_start(start, chosen):
+    torch.manual_seed(0)
+    net = BNNet()
+    selection = LabelFreeSelection(net, DataLoader(Unlabelled(), batch_size=2), criterion="entropy", start_iteration=start)
+    scripted = iter([0.1, 0.2, 0.3])  # entropy at iterations 2, 4, 6: the earliest check looks best
+    selection.scores = lambda device: {"entropy": next(scripted), "agreement": 0.0, "foreground_fraction": 0.0}
+    snapshots = {}
+    trainer = _trainer(net, epochs=3, epoch_length=2, handlers=[selection])
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: snapshots.__setitem__(e.state.iteration, _params(net)))
+    trainer.run()
+    history = selection.history
+    assert [r["iteration"] for r in history] == [2, 4, 6]  # every check is recorded
+    # candidates: the checks at or after the start, and always the final model
+    assert [r["candidate"] for r in history] == [i >= start or i == 6 for i in (2, 4, 6)]
+    assert selection.selection["iteration"] == chosen
+    assert torch.equal(selection._best_state["head.weight"], snapshots[chosen]["head.weight"])
+    with pytest.raises(ValueError, match="start_iteration"):
+        LabelFreeSelection(net, [], start_iteration=-1)
+
+
 def test_selection_scores_match_a_direct_computation():
     torch.manual_seed(0)
     net = BNNet().eval()

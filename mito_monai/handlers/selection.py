@@ -50,6 +50,9 @@ class LabelFreeSelection:
             calls the network on the whole images.
         criterion: a key of :data:`~mito_monai.metrics.LABEL_FREE_CRITERIA`.
         interval: epochs between checks (the final model is always a candidate).
+        start_iteration: checks before this iteration are recorded in the history but are no
+            candidates (an early, barely adapted model can have the lowest entropy: measured once,
+            ``docs/results.md``); the final model is a candidate whatever this is.
         output_path: ``final_metrics.json`` to extend (``None``: not written).
         save_path: where the selected weights go (``None``: not written).
         hindsight: also score the evaluation stack at every check (report only).
@@ -67,6 +70,7 @@ class LabelFreeSelection:
         inferer: Any = None,
         criterion: str = "entropy",
         interval: int = 1,
+        start_iteration: int = 0,
         output_path: str | os.PathLike | None = None,
         save_path: str | os.PathLike | None = None,
         hindsight: bool = False,
@@ -80,6 +84,8 @@ class LabelFreeSelection:
             raise ValueError(f"criterion must be one of {sorted(LABEL_FREE_CRITERIA)}, got {criterion!r}.")
         if int(interval) < 1:
             raise ValueError(f"interval must be >= 1 epoch, got {interval}.")
+        if int(start_iteration) < 0:
+            raise ValueError(f"start_iteration must be >= 0, got {start_iteration}.")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
         if isinstance(amp_dtype, str):
@@ -90,6 +96,7 @@ class LabelFreeSelection:
         self.inferer = inferer
         self.criterion = criterion
         self.interval = int(interval)
+        self.start_iteration = int(start_iteration)
         self.output_path = Path(output_path) if output_path is not None else None
         self.save_path = Path(save_path) if save_path is not None else None
         self.hindsight = bool(hindsight)
@@ -139,8 +146,8 @@ class LabelFreeSelection:
             self.network.train(was_training)
         return acc.compute()
 
-    def check(self, engine: Engine) -> None:
-        """Score the network now; keep its weights if it is the best so far."""
+    def check(self, engine: Engine, final: bool = False) -> None:
+        """Score the network now; keep its weights if it is the best candidate so far."""
         if self.history and self.history[-1]["iteration"] == engine.state.iteration:
             return
         record: dict[str, Any] = {"iteration": engine.state.iteration, **self.scores(engine.state.device)}
@@ -149,21 +156,31 @@ class LabelFreeSelection:
             if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:  # not validated this epoch
                 self.evaluator.run(engine.state.epoch)
             record["test"] = scalar_metrics(self.evaluator.state.metrics)
+        record["candidate"] = final or engine.state.iteration >= self.start_iteration
         self.history.append(record)
+        if record["candidate"]:
+            self._consider(record, engine)
+        self.logger.info(
+            f"label-free selection at iteration {engine.state.iteration}: "
+            + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
+            + (f" (best: iteration {self.best['iteration']})" if self.best else " (not a candidate yet)")
+        )
+
+    def _consider(self, record: dict[str, Any], engine: Engine) -> None:
+        """Keep the network's current weights if ``record`` (a check of them) beats the best so far."""
         value = record[self.criterion]
         larger = LABEL_FREE_CRITERIA[self.criterion]
         if self.best is None or (value > self.best["score"] if larger else value < self.best["score"]):
             self.best = {"iteration": engine.state.iteration, "score": value}
             self._best_state = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
-        self.logger.info(
-            f"label-free selection at iteration {engine.state.iteration}: "
-            + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float))
-            + f" (best: iteration {self.best['iteration']})"
-        )
 
     def completed(self, engine: Engine) -> None:
         """Check the final model, score the selected weights on the evaluation stack and report them."""
-        self.check(engine)
+        self.check(engine, final=True)
+        last = self.history[-1]
+        if not last["candidate"]:  # the final model was checked before start_iteration (a short run)
+            last["candidate"] = True
+            self._consider(last, engine)
         assert self.best is not None and self._best_state is not None
         metrics: dict[str, Any] = {}
         if self.evaluator is not None:
