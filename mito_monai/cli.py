@@ -95,6 +95,9 @@ def instances(
     min_size: int = 0,
     connectivity: int = 26,
     split: str = "none",
+    probabilities: str | None = None,
+    seed_height: float = 3.0,
+    voxel_size: Any = None,
     block_slices: int = 64,
     block_tile: int = 1024,
     overwrite: bool = False,
@@ -103,17 +106,22 @@ def instances(
 
     MASKS: any supported stack (non-zero = mitochondria), e.g. ``out/segmentation.ome.zarr/labels/mask``.
     OUTPUT: ``instances.zarr`` (an OME-Zarr label image written block by block) or any other format.
-    --connectivity 26 (default), 18 or 6; --min_size drops smaller instances (voxels); the volume is
+    --connectivity 26 (default), 18 or 6; --min_size drops smaller components (voxels); the volume is
     processed in blocks of --block_slices x --block_tile x --block_tile, merged across block borders.
-    --split: only ``none`` (touching mitochondria stay one instance) is available.
+    --split none (default): touching mitochondria stay one instance. --split watershed: each component is
+    then split by a seeded watershed in its bounding box: seeds are the h-maxima of the distance to the
+    background, so two parts separate when their centres are at least --seed_height (3) voxels deeper than
+    the neck between them; flooding follows the negative distance, or 1 - --probabilities (a stack of
+    foreground probabilities) when given. --voxel_size z,y,x makes the distances anisotropic (default: the
+    mask's own voxel size where the format stores one, else isotropic). Memory: one block, and for
+    --split watershed also the bounding box of the largest component.
     """
     from mito_monai.inference.instances import label_instances
 
-    if split != "none":
-        raise ValueError(f"--split {split!r} is not available; only --split none (connected components) is.")
     _print_json(
         label_instances(masks, output, key=masks_key, min_size=min_size, connectivity=connectivity,
-                        block_shape=(block_slices, block_tile, block_tile), overwrite=overwrite)
+                        block_shape=(block_slices, block_tile, block_tile), overwrite=overwrite, split=split,
+                        probabilities=probabilities, seed_height=seed_height, voxel_size=voxel_size)
     )
 
 

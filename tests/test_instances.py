@@ -127,3 +127,87 @@ def test_cli_instances_and_evaluate_instances(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["instances", "--masks", str(tmp_path / "mask.tif"), "--output", str(tmp_path / "inst.zarr")])
     assert "already exists" in capsys.readouterr().err
+
+
+def _dumbbell(shape=(20, 24, 44), radius=8, neck=1):
+    """Two balls of ``radius`` whose centres lie 20 voxels apart along x, joined by a thin bar (half-width ``neck``)."""
+    z, y, x = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    c = (shape[0] // 2, shape[1] // 2)
+    left = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - 11) ** 2 <= radius**2
+    right = (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - 31) ** 2 <= radius**2
+    bar = (abs(z - c[0]) <= neck) & (abs(y - c[1]) <= neck) & (x >= 11) & (x <= 31)
+    return left | right | bar, left, right
+
+
+def test_watershed_splits_two_touching_balls_and_keeps_one_ball(tmp_path):
+    mask, left, right = _dumbbell()
+    write_volume(tmp_path / "m.tif", mask.astype(np.uint8) * 255)
+    assert label_instances(tmp_path / "m.tif", tmp_path / "none.zarr")["instances"] == 1
+    out = label_instances(tmp_path / "m.tif", tmp_path / "ws.zarr", split="watershed", block_shape=(7, 10, 9))
+    got = read_volume(tmp_path / "ws.zarr")
+    assert out["instances"] == 2 and out["components"] == 1 and out["split"] == 1
+    assert set(np.unique(got)) == {0, 1, 2} and np.array_equal(got > 0, mask)
+    # each ball's centre half lies in one instance, the two halves in different ones
+    core_l = left & (np.arange(44) < 9)[None, None]
+    core_r = right & (np.arange(44) > 33)[None, None]
+    assert len(np.unique(got[core_l])) == len(np.unique(got[core_r])) == 1 and got[core_l][0] != got[core_r][0]
+    ball = left.astype(np.uint8)
+    write_volume(tmp_path / "ball.h5", ball)
+    out = label_instances(tmp_path / "ball.h5", tmp_path / "ball.tif", split="watershed", block_shape=(4, 8, 8))
+    assert out["instances"] == 1 and np.array_equal(read_volume(tmp_path / "ball.tif"), ball)
+
+
+def test_watershed_does_not_depend_on_the_block_grid(tmp_path):
+    rng = np.random.default_rng(3)
+    mask = ndimage.gaussian_filter(rng.random((16, 48, 48)), 2.0) > 0.5  # blobs that touch each other
+    write_volume(tmp_path / "m.tif", mask.astype(np.uint8))
+    prob = ndimage.gaussian_filter(mask.astype(np.float32), 1.0)
+    write_volume(tmp_path / "p.tif", prob)
+    results = []
+    for i, grid in enumerate([(64, 1024, 1024), (5, 16, 13), (3, 48, 7)]):
+        for p in (None, tmp_path / "p.tif"):
+            out = label_instances(tmp_path / "m.tif", tmp_path / f"w{i}{p is None}.zarr", split="watershed",
+                                  probabilities=p, block_shape=grid, seed_height=1.0)
+            results.append((p is None, out["instances"], read_volume(tmp_path / f"w{i}{p is None}.zarr")))
+    components = ndimage.label(mask, structure=np.ones((3, 3, 3)))[1]
+    for distance_only in (True, False):
+        same = [r for r in results if r[0] == distance_only]
+        assert same[0][1] > components  # something was split
+        for _, n, labels in same[1:]:
+            assert n == same[0][1] and _same_partition(labels, same[0][2])
+        assert set(np.unique(same[0][2])) == set(range(same[0][1] + 1))
+
+
+def test_watershed_anisotropic_voxel_size_and_bad_input(tmp_path, capsys):
+    from mito_monai.data import create_ome_zarr_image
+
+    # two 12-voxel cubes joined by a neck only 3 slices thick in z (full width in y): in voxels the neck is
+    # 4 shallower than the cubes' centres (split); with z voxels 5x the y/x size it is as deep as they are
+    slabs = np.zeros((16, 16, 40), np.uint8)
+    slabs[2:14, 2:14, 2:16] = slabs[2:14, 2:14, 24:38] = slabs[7:10, 2:14, 16:24] = 1
+    write_volume(tmp_path / "s.tif", slabs)
+    assert label_instances(tmp_path / "s.tif", tmp_path / "iso.zarr", split="watershed")["instances"] == 2
+    out = label_instances(tmp_path / "s.tif", tmp_path / "an.zarr", split="watershed", voxel_size="50,10,10")
+    assert out["instances"] == 1
+    array = create_ome_zarr_image(tmp_path / "s.zarr", "mask", slabs.shape, np.uint8, (8, 16, 16), (50.0, 10.0, 10.0), "nanometer")
+    array[...] = slabs
+    assert label_instances(tmp_path / "s.zarr", tmp_path / "meta.zarr", split="watershed")["instances"] == 1
+    mask, _, _ = _dumbbell()
+    write_volume(tmp_path / "m.tif", mask.astype(np.uint8))
+    cases = [
+        (["--split", "watersheds"], "split must be one of none, watershed"),
+        (["--probabilities", str(tmp_path / "m.tif")], "only by split='watershed'"),
+        (["--split", "watershed", "--seed_height", "0"], "seed_height must be > 0"),
+        (["--split", "watershed", "--voxel_size", "1,2"], "voxel_size must be three positive numbers"),
+        (["--split", "watershed", "--voxel_size", "a,b,c"], "voxel_size must be three numbers"),
+    ]
+    write_volume(tmp_path / "small.tif", np.zeros((2, 4, 4), np.float32))
+    cases.append((["--split", "watershed", "--probabilities", str(tmp_path / "small.tif")], "have shape [2, 4, 4]"))
+    for args, message in cases:
+        with pytest.raises(SystemExit):
+            main(["instances", "--masks", str(tmp_path / "m.tif"), "--output", str(tmp_path / "o.zarr"), *args])
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o.zarr").exists()
+    main(["instances", "--masks", str(tmp_path / "m.tif"), "--output", str(tmp_path / "o.zarr"), "--split", "watershed"])
+    assert json.loads(capsys.readouterr().out)["instances"] == 2
