@@ -50,33 +50,33 @@ def evaluate(
     """
     import numpy as np
 
-    from mito_monai.data import DataError, read_volume
+    from mito_monai.data import DataError, open_volume
 
+    # every stack goes through the lazy volume API: shapes are compared before any voxel is read
+    with open_volume(prediction, prediction_key) as pv, open_volume(label, label_key, label=not instances) as lv:
+        if pv.shape != lv.shape:
+            raise DataError(f"prediction {prediction} has shape {list(pv.shape)} but label {label} has {list(lv.shape)}.")
+        if instances:
+            for name, v in ((prediction, pv), (label, lv)):
+                if not np.issubdtype(v.dtype, np.integer):
+                    raise DataError(f"{name} holds {v.dtype} values; expected integer instance IDs (0 = background).")
+        pred, lab = pv.read(check_finite=True), lv.read()
     if instances:
         from mito_monai.metrics import instance_metrics
 
-        pred = read_volume(prediction, key=prediction_key)
-        lab = read_volume(label, key=label_key)
-        for name, arr in ((prediction, pred), (label, lab)):
-            if not np.issubdtype(arr.dtype, np.integer):
-                raise DataError(f"{name} holds {arr.dtype} values; expected integer instance IDs (0 = background).")
-        if pred.shape != lab.shape:
-            raise DataError(f"prediction {prediction} has shape {list(pred.shape)} but label {label} has {list(lab.shape)}.")
         prob = None
         if probabilities is not None:
-            prob = read_volume(probabilities)
-            if prob.shape != pred.shape:
-                raise DataError(f"probabilities {probabilities} have shape {list(prob.shape)}, not {list(pred.shape)}.")
+            with open_volume(probabilities) as prv:
+                if prv.shape != pred.shape:
+                    raise DataError(f"probabilities {probabilities} have shape {list(prv.shape)}, not {list(pred.shape)}.")
+                prob = prv.read(check_finite=True)
             if np.issubdtype(prob.dtype, np.integer):
                 prob = prob.astype(np.float32) / float(np.iinfo(prob.dtype).max)
         _print_json(instance_metrics(pred, lab, prob))
         return
     from mito_monai.metrics import segmentation_metrics
 
-    prob = read_volume(prediction, key=prediction_key)
-    lab = read_volume(label, key=label_key, label=True)
-    if prob.shape != lab.shape:
-        raise DataError(f"prediction {prediction} has shape {list(prob.shape)} but label {label} has {list(lab.shape)}.")
+    prob = pred
     if np.issubdtype(prob.dtype, np.integer):
         prob = prob.astype(np.float32) / float(np.iinfo(prob.dtype).max)
     prob = prob.astype(np.float32, copy=False)

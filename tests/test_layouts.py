@@ -306,3 +306,84 @@ def test_em_slice_dataset(tmp_path):
         EMSliceDataset("vnc3", root, "train", slices=[1.5])
     with pytest.raises(DataError, match="unknown dataset layout"):
         EMSliceDataset("nope", root, "train")
+
+
+def _zarr_folder_datasets(tmp_path, image, label):
+    """The same voxels as a TIFF folder-layout dataset and as zarr / OME-Zarr ones (several arrangements)."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    from mito_monai.data import create_ome_zarr_image
+
+    write_volume(tmp_path / "tif" / "images.tif", image)
+    write_volume(tmp_path / "tif" / "labels.tif", label * 255)
+    # root/images.zarr (zarr v3 array) + root/labels.ome.zarr (OME-Zarr written by the ome-zarr library)
+    zarr.create_array(tmp_path / "z1" / "images.zarr", shape=image.shape, chunks=(2, 8, 8), dtype=image.dtype,
+                      zarr_format=3)[:] = image
+    write_image(label[None] * 255, zarr.open_group(tmp_path / "z1" / "labels.ome.zarr", mode="w", zarr_format=2),
+                axes="czyx", fmt=FormatV04(), scale_factors=(), scale={"z": 30.0, "y": 5.0, "x": 5.0})
+    # root/train/images/ is itself a zarr v2 store; root/train/labels/ a folder holding one OME-Zarr store
+    zarr.create_array(tmp_path / "z2" / "train" / "images", shape=image.shape, chunks=(3, 5, 5), dtype=image.dtype,
+                      zarr_format=2)[:] = image
+    create_ome_zarr_image(tmp_path / "z2" / "train" / "labels" / "mask.zarr", "mask", label.shape, np.uint8,
+                          (1, 16, 16))[...] = label
+    return tmp_path / "tif", tmp_path / "z1", tmp_path / "z2"
+
+
+def test_zarr_datasets_train_like_tiff(tmp_path):
+    """The training datasets, dataset-info and partitions read a zarr / OME-Zarr stack exactly as the same TIFF."""
+    import torch
+    from monai.data import DataLoader
+    from monai.utils import set_determinism
+
+    from mito_monai.data import EMSliceDataset, partition_split
+    from mito_monai.transforms import train_transforms
+
+    image, label = _volume(21, (6, 20, 24))
+    tif, z1, z2 = _zarr_folder_datasets(tmp_path, image, label)
+    assert list_splits("folder", z1) == ["all"] and list_splits("folder", z2) == ["train"]
+    info_tif = dataset_info("folder", tif)["all"]
+    for root, split in ((z1, "all"), (z2, "train")):
+        info = dataset_info("folder", root)[split]
+        assert {k: info[k] for k in ("image_shape", "dtype", "label_foreground_fraction")} == \
+            {k: info_tif[k] for k in ("image_shape", "dtype", "label_foreground_fraction")}
+        img, lab = load_split("folder", root, split)
+        np.testing.assert_array_equal(img, image)
+        np.testing.assert_array_equal(lab, label)
+        assert partition_split("folder", root, split, "1/2", seed=0) == partition_split("folder", tif, "all", "1/2", seed=0)
+
+    def batches(root, split):
+        set_determinism(seed=0)
+        ds = EMSliceDataset("folder", root, split, transform=train_transforms(crop_size=(16, 16)), cache=False)
+        out = [b for b in DataLoader(ds, batch_size=2, shuffle=True, num_workers=0)]
+        set_determinism(seed=None)
+        return out
+
+    reference = batches(tif, "all")
+    for root, split in ((z1, "all"), (z2, "train")):
+        got = batches(root, split)
+        assert len(got) == len(reference) == 3
+        for a, b in zip(got, reference):
+            assert torch.equal(a["slice_index"], b["slice_index"])
+            assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+            assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
+        assert torch.as_tensor(got[0]["label"]).max() == 1  # labels binarised, as from the TIFF
+
+
+def test_zarr_dataset_bad_input_names_the_store(tmp_path):
+    import zarr
+
+    image, label = _volume(22, (4, 8, 10))
+    root = tmp_path / "ds"
+    zarr.create_array(root / "images.zarr", shape=image.shape, chunks=(2, 8, 8), dtype=image.dtype)[:] = image
+    zarr.create_array(root / "labels.zarr", shape=(4, 8, 9), chunks=(2, 8, 8), dtype=np.uint8)[:] = 0
+    with pytest.raises(DataError, match=r"images.zarr has shape \(4, 8, 10\) but label .*labels.zarr has shape \(4, 8, 9\)"):
+        load_split("folder", root, "all")
+    zarr.create_array(root / "x" / "images.zarr", shape=(2, 4, 8, 10), chunks=(1, 2, 8, 8), dtype=np.uint8)
+    with pytest.raises(DataError, match=r"images.zarr: array of shape \(2, 4, 8, 10\).*expected a 3D"):
+        load_split("folder", root / "x", "all")
+    bad = tmp_path / "nan"
+    zarr.create_array(bad / "images.zarr", shape=(2, 4, 4), chunks=(2, 4, 4), dtype=np.float32)[:] = np.nan
+    with pytest.raises(DataError, match=r"images.zarr: 32 of 32 voxels are NaN"):
+        load_split("folder", bad, "all")

@@ -24,6 +24,7 @@ from mito_monai.data.layouts import (
     dataset_info,
     list_splits,
     load_split,
+    open_split,
     split_files,
 )
 from mito_monai.data.volume import SlabBoxWriter, Volume, box_to_str, open_volume
@@ -71,6 +72,7 @@ __all__ = [
     "list_splits",
     "split_files",
     "load_split",
+    "open_split",
     "dataset_info",
     "EMSliceDataset",
     "DATASETS",

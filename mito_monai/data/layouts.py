@@ -23,9 +23,13 @@ Layouts (paths relative to the root given by the user):
     ``H-train``, ``H-val``. Images and labels are paired by the slice number in their names.
 ``folder`` (generic)
     ``images`` and optional ``labels``, each a folder of 2D slices or one volume file
-    (``images.tif``, ``images.h5``, ``images.nii.gz``... or a folder holding a single volume file),
-    either directly in the root (one split, ``all``) or in split sub-folders
-    (``root/<split>/images``, ``root/<split>/labels``).
+    (``images.tif``, ``images.h5``, ``images.nii.gz``, a zarr / OME-Zarr store ``images.zarr`` or
+    ``images.ome.zarr``... or a folder holding a single volume file or store), either directly in the
+    root (one split, ``all``) or in split sub-folders (``root/<split>/images``, ``root/<split>/labels``).
+
+Every split is opened through the one lazy volume API, :func:`mito_monai.data.open_volume`
+(:func:`open_split`), so a zarr / OME-Zarr stack trains, validates and is described exactly like the
+same voxels in a TIFF.
 """
 
 from __future__ import annotations
@@ -45,10 +49,9 @@ from mito_monai.data.io import (
     list_h5_datasets,
     list_image_files,
     natural_sort_key,
-    probe_volume,
-    read_image_files,
-    read_volume,
 )
+from mito_monai.data.volume import Volume, open_volume
+from mito_monai.data.zarr_store import is_zarr_path
 
 __all__ = [
     "SplitFiles",
@@ -59,6 +62,7 @@ __all__ = [
     "get_layout",
     "list_splits",
     "split_files",
+    "open_split",
     "load_split",
     "dataset_info",
 ]
@@ -342,18 +346,28 @@ class FolderLayout(DatasetLayout):
     expected = "root/images (+ root/labels), or root/<split>/images (+ labels): slice folders or volume files"
 
     @staticmethod
-    def _find_part(base: Path, part: str) -> Path | None:
+    def _is_volume(path: Path, part: str | None = None) -> bool:
+        """A volume file or a zarr store (named ``part`` + suffix when ``part`` is given)."""
+        name = path.name.lower()
+        if path.is_dir() and is_zarr_path(path):
+            stem = name.removesuffix(".zarr").removesuffix(".ome")
+        elif path.is_file() and _suffix(path) in VOLUME_EXTENSIONS:
+            stem = path.name[: len(path.name) - len(_suffix(path))]
+        else:
+            return False
+        return part is None or stem == part
+
+    @classmethod
+    def _find_part(cls, base: Path, part: str) -> Path | None:
         folder = base / part
-        if folder.is_dir():
-            entries = [e for e in sorted(os.listdir(folder)) if not _is_ignored(e) and not (folder / e).is_dir()]
-            if len(entries) == 1 and _suffix(Path(entries[0])) in VOLUME_EXTENSIONS:
+        if folder.is_dir() and not is_zarr_path(folder):
+            entries = [e for e in sorted(os.listdir(folder)) if not _is_ignored(e)]
+            if len(entries) == 1 and cls._is_volume(folder / entries[0]):
                 return folder / entries[0]
             return folder
-        candidates = [
-            p
-            for p in (base.iterdir() if base.is_dir() else [])
-            if p.is_file() and _suffix(p) in VOLUME_EXTENSIONS and p.name[: len(p.name) - len(_suffix(p))] == part
-        ]
+        if folder.is_dir():  # a zarr store named images/
+            return folder
+        candidates = [p for p in (base.iterdir() if base.is_dir() else []) if cls._is_volume(p, part)]
         if len(candidates) > 1:
             raise DataError(f"{base}: several '{part}' volumes ({_names(candidates)}); keep only one")
         return candidates[0] if candidates else None
@@ -365,7 +379,7 @@ class FolderLayout(DatasetLayout):
             (
                 d.name
                 for d in root.iterdir()
-                if d.is_dir() and not _is_ignored(d.name) and d.name not in ("images", "labels")
+                if d.is_dir() and not _is_ignored(d.name) and d.name not in ("images", "labels") and not is_zarr_path(d)
             ),
             key=natural_sort_key,
         )
@@ -422,18 +436,6 @@ def split_files(name: str, root: PathLike, split: str) -> SplitFiles:
     return get_layout(name).split_files(Path(root), split)
 
 
-def _read_image(sf: SplitFiles) -> np.ndarray:
-    if sf.image_files is not None:
-        return read_image_files(sf.image_files)
-    return read_volume(sf.image, sf.image_key)
-
-
-def _read_label(sf: SplitFiles) -> np.ndarray:
-    if sf.label_files is not None:
-        return read_image_files(sf.label_files, label=True)
-    return read_volume(sf.label, sf.label_key, label=True)  # type: ignore[arg-type]
-
-
 def _shape_mismatch(sf: SplitFiles, image_shape, label_shape) -> DataError:
     return DataError(
         f"image {sf.describe('image')} has shape {tuple(image_shape)} but label {sf.describe('label')} "
@@ -441,64 +443,66 @@ def _shape_mismatch(sf: SplitFiles, image_shape, label_shape) -> DataError:
     )
 
 
+def _open_part(sf: SplitFiles, part: str) -> Volume:
+    files = sf.image_files if part == "image" else sf.label_files
+    path, key = (sf.image, sf.image_key) if part == "image" else (sf.label, sf.label_key)
+    return open_volume(files if files is not None else path, key, label=part == "label")
+
+
+def open_split(name: str, root: PathLike, split: str, *, with_label: bool = True) -> tuple[Volume, Volume | None]:
+    """Open a split lazily (:func:`mito_monai.data.open_volume`): nothing but headers or first slices is read.
+
+    Returns:
+        ``(image, label)`` volumes; the label reads as uint8 {0, 1}, and is None when ``with_label`` is
+        False or the split has no labels. Close them (or use them as context managers) when done.
+
+    Raises:
+        DataError: as :func:`load_split`, except for unreadable voxels, which only reading finds.
+    """
+    sf = split_files(name, root, split)
+    image = _open_part(sf, "image")
+    label = None
+    if with_label and sf.label is not None:
+        try:
+            label = _open_part(sf, "label")
+        except BaseException:
+            image.close()
+            raise
+        if label.shape != image.shape:
+            image.close()
+            label.close()
+            raise _shape_mismatch(sf, image.shape, label.shape)
+    return image, label
+
+
 def load_split(
     name: str, root: PathLike, split: str, *, with_label: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a split into memory.
+    """Load a split into memory (through :func:`open_split`).
 
     Returns:
         ``(image, label)``: image (Z, Y, X) in its native dtype; label (Z, Y, X) uint8 {0, 1}, or
         None when ``with_label`` is False or the split has no labels.
 
     Raises:
-        DataError: unknown layout or split, missing/unpaired files, unreadable data, or image and
-            label shapes that differ (the message names both and their shapes).
+        DataError: unknown layout or split, missing/unpaired files, unreadable data, NaN/Inf voxels, or
+            image and label shapes that differ (the message names both and their shapes).
     """
-    sf = split_files(name, root, split)
-    image = _read_image(sf)
-    label = None
-    if with_label and sf.label is not None:
-        label = _read_label(sf)
-        if label.shape != image.shape:
-            raise _shape_mismatch(sf, image.shape, label.shape)
-    return image, label
+    image_volume, label_volume = open_split(name, root, split, with_label=with_label)
+    with image_volume:
+        image = image_volume.read(check_finite=True)
+    if label_volume is None:
+        return image, None
+    with label_volume:
+        return image, label_volume.read()
 
 
-def _image_shape_dtype(sf: SplitFiles) -> tuple[tuple[int, int, int], np.dtype]:
-    if sf.image_files is not None:
-        first = read_image_files(sf.image_files[:1])
-        return (len(sf.image_files),) + first.shape[1:], first.dtype  # type: ignore[return-value]
-    return probe_volume(sf.image, sf.image_key)
-
-
-def _foreground_fraction(sf: SplitFiles, shape: tuple[int, int, int]) -> float:
-    """Fraction of non-zero label voxels, read slice by slice where the format allows."""
-    total = 0
-    if sf.label_files is not None or (sf.label is not None and sf.label.is_dir()):
-        files = sf.label_files
-        if files is None:
-            files = tuple(list_image_files(sf.label))  # type: ignore[arg-type]
-        if len(files) != shape[0]:
-            raise _shape_mismatch(sf, shape, (len(files),) + shape[1:])
-        for f in files:
-            sl = read_image_files([f], label=True)[0]
-            if sl.shape != shape[1:]:
-                raise _shape_mismatch(sf, shape, (len(files),) + sl.shape)
-            total += int(np.count_nonzero(sl))
-        return total / float(np.prod(shape))
-    label_shape, _ = probe_volume(sf.label, sf.label_key)  # type: ignore[arg-type]
-    if tuple(label_shape) != tuple(shape):
-        raise _shape_mismatch(sf, shape, label_shape)
-    if sf.label_key is not None:
-        import h5py
-
-        with h5py.File(sf.label, "r") as f:  # type: ignore[arg-type]
-            ds = f[sf.label_key]
-            if ds.ndim == 3:
-                for z in range(ds.shape[0]):
-                    total += int(np.count_nonzero(ds[z]))
-                return total / float(np.prod(shape))
-    return float(read_volume(sf.label, sf.label_key, label=True).mean())  # type: ignore[arg-type]
+def _foreground_fraction(label: Volume) -> float:
+    """Fraction of non-zero label voxels, read slab by slab (whole only where the format is read whole)."""
+    total, step = 0, max(1, int(2**26 // max(1, label.shape[1] * label.shape[2])))
+    for z in range(0, label.shape[0], step):
+        total += int(np.count_nonzero(label.read((slice(z, z + step), slice(None), slice(None)))))
+    return total / float(np.prod(label.shape))
 
 
 def dataset_info(name: str, root: PathLike) -> dict:
@@ -506,14 +510,19 @@ def dataset_info(name: str, root: PathLike) -> dict:
 
     Returns:
         ``{split: {"image_shape": [Z, Y, X], "dtype": "uint8", "label_foreground_fraction": float or
-        None, "image": str, "label": str or None}}``. Images are probed (first slice / header);
-        labels are read slice by slice where possible to count the foreground.
+        None, "image": str, "label": str or None}}``. Images are opened lazily (:func:`open_split`: headers
+        or first slices); labels are read slab by slab to count the foreground.
     """
     out: dict[str, dict] = {}
     for split in list_splits(name, root):
         sf = split_files(name, root, split)
-        shape, dtype = _image_shape_dtype(sf)
-        fraction = None if sf.label is None else _foreground_fraction(sf, tuple(shape))
+        image, label = open_split(name, root, split)
+        with image:
+            shape, dtype = image.shape, image.dtype
+        fraction = None
+        if label is not None:
+            with label:
+                fraction = _foreground_fraction(label)
         out[split] = {
             "image_shape": [int(s) for s in shape],
             "dtype": str(np.dtype(dtype)),

@@ -18,7 +18,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from mito_monai.data.layouts import _image_shape_dtype, split_files
+from mito_monai.data.layouts import open_split
 
 __all__ = ["PARTITIONS", "Partition", "labelled_count", "parse_partition", "partition_slices", "partition_split"]
 
@@ -130,5 +130,7 @@ def partition_split(
     Raises:
         DataError: the dataset or split does not exist or does not match the layout.
     """
-    depth = int(_image_shape_dtype(split_files(layout, root, split))[0][0])
+    image, _ = open_split(layout, root, split, with_label=False)
+    with image:
+        depth = int(image.shape[0])
     return partition_slices(depth, partition, seed)

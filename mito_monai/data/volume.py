@@ -2,8 +2,11 @@
 
 :func:`open_volume` opens every format the project reads without loading it whole where the format
 allows: multi-page TIFF (page by page), HDF5 datasets (``file.h5:key``), folders of 2D images (file by
-file), zarr v2/v3 arrays, groups and OME-Zarr images (chunk by chunk, see
-:mod:`mito_monai.data.zarr_store`). Other formats (NIfTI, ITK) are read whole on first access.
+file), a list of 2D image files (the slices a dataset layout pairs), zarr v2/v3 arrays, groups and
+OME-Zarr images (chunk by chunk, see :mod:`mito_monai.data.zarr_store`). Other formats (NIfTI, ITK) are
+read whole on first access. ``label=True`` reads a mask as uint8 {0, 1} (non-zero = foreground), as
+:func:`~mito_monai.data.io.read_volume` does; the readers of the dataset layouts, ``dataset-info``,
+``evaluate``, ``instances`` and inference all open their stacks here.
 
 Boxes are written with a box writer: :class:`~mito_monai.data.zarr_store.ZarrBoxWriter` straight
 into a zarr array (any order, any process), or :class:`SlabBoxWriter` over a slice-by-slice
@@ -20,7 +23,16 @@ from pathlib import Path
 import numpy as np
 
 from mito_monai.data.errors import DataError
-from mito_monai.data.io import VolumeWriter, list_h5_datasets, list_image_files, read_volume, split_h5_path
+from mito_monai.data.io import (
+    VolumeWriter,
+    _finish,
+    _resolve_h5_key,
+    list_h5_datasets,
+    list_image_files,
+    read_image_files,
+    read_volume,
+    split_h5_path,
+)
 from mito_monai.data.zarr_store import missing_chunks, open_zarr_volume, split_zarr_path
 
 __all__ = ["Volume", "open_volume", "SlabBoxWriter", "box_to_str"]
@@ -65,19 +77,38 @@ class Volume:
     in order. Use it as a context manager, or call :meth:`close`.
 
     Args:
-        path: a stack in any supported format (see :mod:`mito_monai.data.io` and the module docstring).
+        path: a stack in any supported format (see :mod:`mito_monai.data.io` and the module docstring), or
+            a sequence of 2D image files, one per slice in z order.
         key: HDF5 dataset name, or a path inside a zarr store.
         missing_chunks: zarr chunks whose files are absent read as the array's fill value (``"fill"``, the
             zarr convention for empty chunks) or are an error naming the block (``"error"``).
+        label: read a mask: every box comes back as uint8 {0, 1} (non-zero = 1), colour label images are
+            refused as by :func:`~mito_monai.data.io.read_volume` with ``label=True``.
     """
 
-    def __init__(self, path: str | os.PathLike, key: str | None = None, missing_chunks: str = "fill") -> None:
+    def __init__(
+        self, path: str | os.PathLike | Sequence[str | os.PathLike], key: str | None = None,
+        missing_chunks: str = "fill", label: bool = False,
+    ) -> None:
         if missing_chunks not in ("fill", "error"):
             raise ValueError(f"missing_chunks must be 'fill' or 'error', got {missing_chunks!r}.")
         self.missing_chunks = missing_chunks
+        self.label = bool(label)
         self.voxel_size: tuple[float, float, float] | None = None
         self.unit: str | None = None
         self._close = None
+        self._open(path, key)
+        if self.label:
+            self.dtype = np.dtype(np.uint8)
+
+    def _open(self, path, key) -> None:
+        if isinstance(path, (list, tuple)):
+            if not path:
+                raise DataError("no image files given; expected at least one 2D slice")
+            files = [Path(f) for f in path]
+            self.path, self.key = files[0].parent, None
+            self._open_files(files)
+            return
         zarr_split = split_zarr_path(path, key)
         if zarr_split is not None:
             self._open_zarr(path, key)
@@ -93,7 +124,7 @@ class Volume:
         elif self.path.is_dir():
             self._open_folder()
         else:
-            self._eager(read_volume(self.path, key=key))
+            self._eager(read_volume(self.path, key=key, label=self.label))
             if self.path.name.lower().endswith((".nii", ".nii.gz")):
                 import nibabel as nib
 
@@ -138,31 +169,31 @@ class Volume:
             tif = tifffile.TiffFile(self.path)
         except Exception:  # damaged or not a TIFF: read_volume reports it, naming the file
             tif = None
-        series = tif.series[0] if tif is not None and tif.series else None
+        all_series = tif.series if tif is not None else []
+        series = all_series[0] if all_series else None
         shape = () if series is None else series.shape
-        if len(shape) == 2:
-            shape = (1, *shape)
-        if len(shape) != 3 or len(series.pages) != shape[0]:
+        pages = None
+        if len(all_series) == 1:
+            shape = (1, *shape) if len(shape) == 2 else shape
+            pages = series.pages if len(shape) == 3 and len(series.pages) == shape[0] else None
+        elif all_series and all(len(s.shape) == 2 and s.shape == shape and s.dtype == series.dtype and len(s.pages) == 1
+                                for s in all_series):  # pages written one by one: one series per page
+            shape, pages = (len(all_series), *shape), [s.pages[0] for s in all_series]
+        if pages is None:
             # not one grey page per slice (e.g. samples-per-pixel > 1), or unreadable: let the reader decide
             if tif is not None:
                 tif.close()
-            self._eager(read_volume(self.path))
+            self._eager(read_volume(self.path, label=self.label))
             return
-        pages = series.pages
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(np.uint8) if series.dtype == bool else np.dtype(series.dtype)
-        self._read = lambda box: np.stack([np.asarray(pages[z].asarray())[box[1], box[2]] for z in range(box[0].start, box[0].stop)])
+        self._read = lambda box: self._stack(box, lambda z: np.asarray(pages[z].asarray())[box[1], box[2]])
         self._close = tif.close
 
     def _open_hdf5(self) -> None:
         import h5py
 
-        names = list_h5_datasets(self.path)
-        key = self.key
-        if key is None and len(names) == 1:
-            key = names[0]
-        if key not in names:
-            raise DataError(f"{self.path}: no dataset {key!r}; datasets in the file: {names}.")
+        key = _resolve_h5_key(self.path, self.key, list_h5_datasets(self.path))
         f = h5py.File(self.path, "r")
         ds = f[key]
         if ds.ndim == 2:
@@ -171,29 +202,45 @@ class Volume:
         elif ds.ndim == 3:
             self.shape = tuple(int(s) for s in ds.shape)
             self._read = lambda box: np.asarray(ds[tuple(box)])
-        else:
+        else:  # colour (Z, Y, X, C) or singleton axes: the reader converts them, or names what it found
             f.close()
-            raise DataError(f"{self.path}:{key} has {ds.ndim} dimensions; expected a (Z, Y, X) stack.")
+            self._eager(read_volume(self.path, key=key, label=self.label))
+            self.key = key
+            return
         self.dtype = np.dtype(ds.dtype)
         self.key = key
         self._close = f.close
 
     def _open_folder(self) -> None:
-        files = list_image_files(self.path)
-        first = read_volume(files[0])
+        self._open_files(list_image_files(self.path))
+
+    def _open_files(self, files: list[Path]) -> None:
+        first = read_image_files(files[:1], label=self.label)
         self.shape = (len(files), *first.shape[1:])
         self.dtype = first.dtype
 
         def read_slice(z: int) -> np.ndarray:
-            s = read_volume(files[z])[0]
+            s = read_image_files(files[z : z + 1], label=self.label)[0]
             if s.shape != self.shape[1:]:
                 raise DataError(
-                    f"{files[z]} has shape {s.shape}, but {files[0]} has {self.shape[1:]}; "
-                    "all slices of a stack must have the same shape."
+                    f"{files[z]}: slice shape {s.shape} differs from {files[0].name} {self.shape[1:]}; "
+                    f"all slices of {files[z].parent} must have the same shape"
                 )
             return s
 
-        self._read = lambda box: np.stack([read_slice(z)[box[1], box[2]] for z in range(box[0].start, box[0].stop)])
+        self._read = lambda box: self._stack(box, lambda z: read_slice(z)[box[1], box[2]])
+
+    def _stack(self, box, read_slice) -> np.ndarray:
+        """The slices ``read_slice(z)`` of ``box`` filled into one array (no list of copies)."""
+        first = np.asarray(read_slice(box[0].start))
+        out = np.empty((box[0].stop - box[0].start, *first.shape), first.dtype)
+        out[0] = first
+        for i, z in enumerate(range(box[0].start + 1, box[0].stop), start=1):
+            sl = np.asarray(read_slice(z))
+            if sl.dtype != out.dtype:
+                out = out.astype(np.result_type(out.dtype, sl.dtype))
+            out[i] = sl
+        return out
 
     def _eager(self, volume: np.ndarray) -> None:
         self.shape = tuple(int(s) for s in volume.shape)
@@ -201,11 +248,21 @@ class Volume:
         self._read = lambda box: volume[tuple(box)]
 
     # reading ----------------------------------------------------------------------------------
-    def read(self, box: Box | None = None) -> np.ndarray:
-        """The voxels of ``box`` ((z, y, x) slices, default the whole volume) as a numpy array."""
+    def read(self, box: Box | None = None, check_finite: bool = False) -> np.ndarray:
+        """The voxels of ``box`` ((z, y, x) slices, default the whole volume) as a numpy array.
+
+        ``check_finite``: NaN or infinite voxels are a DataError naming the volume (as
+        :func:`~mito_monai.data.io.read_volume` does).
+        """
         box = _full(box, self.shape)
         data = np.asarray(self._read(box))
-        return data.view(np.uint8) if data.dtype == bool else data
+        if check_finite and not self.label:
+            _finish(data, str(self), False)
+        if self.label:
+            return (data != 0).astype(np.uint8)
+        if data.dtype == bool:
+            return data.view(np.uint8) if data.flags.c_contiguous else data.astype(np.uint8)
+        return data
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -220,7 +277,13 @@ class Volume:
             yield self[z]
 
     def __repr__(self) -> str:
-        return f"Volume({getattr(self, '_name', self.path)}, shape={self.shape}, dtype={self.dtype})"
+        return f"Volume({self}, shape={self.shape}, dtype={self.dtype})"
+
+    def __str__(self) -> str:
+        """The path as a user wrote it: ``file``, ``file.h5:key`` or ``store.zarr/inner``."""
+        if hasattr(self, "_name"):
+            return str(self._name)
+        return f"{self.path}:{self.key}" if self.key else str(self.path)
 
     def close(self) -> None:
         if self._close is not None:
@@ -234,9 +297,12 @@ class Volume:
         self.close()
 
 
-def open_volume(path: str | os.PathLike, key: str | None = None, missing_chunks: str = "fill") -> Volume:
-    """Open any supported stack lazily; see :class:`Volume`."""
-    return Volume(path, key, missing_chunks)
+def open_volume(
+    path: str | os.PathLike | Sequence[str | os.PathLike], key: str | None = None, missing_chunks: str = "fill",
+    label: bool = False,
+) -> Volume:
+    """Open any supported stack (or a list of 2D slice files) lazily; see :class:`Volume`."""
+    return Volume(path, key, missing_chunks, label)
 
 
 class SlabBoxWriter:

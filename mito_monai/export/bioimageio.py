@@ -152,12 +152,11 @@ def _test_image(path: str | os.PathLike | None, divisor: int, size: int) -> np.n
 
         image = render_domain(TARGET_STYLE, np.random.default_rng(0), 1, size)[0][0]
     else:
-        from mito_monai.data.io import read_volume
+        from mito_monai.data import open_volume
 
-        image = np.asarray(read_volume(path))
-        image = image[image.shape[0] // 2] if image.ndim == 3 else image
-        if image.ndim != 2:
-            raise DataError(f"{path}: expected a 2D slice or a (Z, Y, X) stack, got shape {image.shape}")
+        with open_volume(path) as volume:  # only the middle slice is read
+            z = volume.shape[0] // 2
+            image = volume.read((slice(z, z + 1), slice(None), slice(None)), check_finite=True)[0]
         h, w = (min(s, size) // divisor * divisor for s in image.shape)
         if h == 0 or w == 0:
             raise DataError(f"{path}: slice {image.shape} is smaller than {divisor} pixels")
