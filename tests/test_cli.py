@@ -69,6 +69,27 @@ def test_evaluate_bad_input_is_one_line(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+def test_evaluate_reads_zarr_and_ome_zarr_exactly_as_tiff(tmp_path, capsys):
+    import zarr
+
+    from mito_monai.data import create_ome_zarr_image
+
+    rng = np.random.default_rng(5)
+    prob = rng.random((3, 16, 20)).astype(np.float32)
+    label = (rng.random((3, 16, 20)) > 0.6).astype(np.uint8)
+    write_volume(tmp_path / "p.tif", prob)
+    write_volume(tmp_path / "l.tif", label * 255)
+    zarr.create_array(tmp_path / "p.zarr", shape=prob.shape, chunks=(1, 8, 8), dtype=np.float32)[:] = prob
+    create_ome_zarr_image(tmp_path / "l.ome.zarr", "gt", label.shape, np.uint8, (2, 8, 8), (30.0, 5.0, 5.0))[...] = label * 7
+    ref = _json_out(capsys, ["evaluate", "--prediction", str(tmp_path / "p.tif"), "--label", str(tmp_path / "l.tif")])
+    got = _json_out(capsys, ["evaluate", "--prediction", str(tmp_path / "p.zarr"), "--label", str(tmp_path / "l.ome.zarr")])
+    assert got == ref == segmentation_metrics(prob, label)
+    zarr.create_array(tmp_path / "nan.zarr", shape=prob.shape, chunks=(1, 8, 8), dtype=np.float32)[:] = np.nan
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--prediction", str(tmp_path / "nan.zarr"), "--label", str(tmp_path / "l.tif")])
+    assert "nan.zarr: 960 of 960 voxels are NaN or infinite" in capsys.readouterr().err
+
+
 def test_module_entry_point_runs(tmp_path):
     res = subprocess.run([sys.executable, "-m", "mito_monai", "make-demo", "--root", str(tmp_path / "d")],
                          capture_output=True, text=True, check=True)

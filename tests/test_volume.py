@@ -148,3 +148,33 @@ def test_corrupt_and_missing_chunks_name_the_block(tmp_path):
             v.read((slice(2, 4), slice(0, 8), slice(4, 8)))
     with open_volume(tmp_path / "c.zarr") as v:  # zarr's own convention: an absent chunk is the fill value
         assert not v.read((slice(2, 4), slice(0, 4), slice(4, 8))).any()
+
+
+def test_tiff_written_page_by_page_is_one_stack(tmp_path):
+    """A TIFF whose pages were written one at a time (one series per page) is read as a stack, not its first page."""
+    vol = _vol((3, 6, 7))
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for page in vol:
+            tif.write(page)
+    with open_volume(tmp_path / "pages.tif") as v:
+        assert v.shape == (3, 6, 7)
+        np.testing.assert_array_equal(v.read(BOX), vol[BOX])
+    with open_volume(tmp_path / "pages.tif", label=True) as v:
+        assert v.dtype == np.uint8
+        np.testing.assert_array_equal(v.read(), (vol != 0).astype(np.uint8))
+
+
+def test_a_list_of_slice_files_is_a_volume(tmp_path):
+    from PIL import Image
+
+    vol = _vol((3, 6, 7)).astype(np.uint8)
+    files = []
+    for z in (2, 0, 1):  # the order given, not the names'
+        Image.fromarray(vol[z]).save(tmp_path / f"s{z}.png")
+        files.append(tmp_path / f"s{z}.png")
+    with open_volume(files) as v:
+        assert v.shape == (3, 6, 7) and v.dtype == np.uint8
+        np.testing.assert_array_equal(v.read(), vol[[2, 0, 1]])
+    Image.fromarray(vol[0, :5]).save(tmp_path / "s0.png")
+    with open_volume(files) as v, pytest.raises(DataError, match=r"s0.png: slice shape \(5, 7\) differs from s2.png"):
+        v.read()

@@ -50,8 +50,9 @@ def _load(layout: str, root: Path, split: str, with_label: bool, cache: bool) ->
 class EMSliceDataset(Dataset):
     """The Z slices of one split of a dataset, one dictionary per slice.
 
-    The split is loaded into memory once (native dtype) and every item is built from views of the
-    volume. Item ``i`` is, before ``transform``::
+    The split is loaded into memory once (native dtype, through :func:`mito_monai.data.open_split`, so
+    any stack :func:`mito_monai.data.open_volume` opens works, zarr / OME-Zarr included) and every item
+    is built from views of the volume. Item ``i`` is, before ``transform``::
 
         {"image": float32 array (1, Y, X),   # raw intensities, NOT normalised
          "label": uint8 array (1, Y, X),     # {0, 1}; only with with_label=True and labels present
