@@ -50,7 +50,7 @@ def test_slice_source_hdf5_key_errors_list_keys(tmp_path):
     with h5py.File(tmp_path / "v.h5", "w") as f:
         f["raw"] = _stack()
         f["other"] = _stack()
-    with pytest.raises(ValueError, match=r"'nope'.*\['other', 'raw'\]"):
+    with pytest.raises(ValueError, match=r"'nope'.*'other', 'raw'"):
         SliceSource(tmp_path / "v.h5", key="nope")
     with SliceSource(str(tmp_path / "v.h5") + ":raw") as src:
         assert src.shape == (3, 37, 45)
