@@ -354,8 +354,9 @@ def bench_memory(args) -> list[dict]:
         for depth in args.memory_depths:
             stack = write_stack(Path(tmp) / f"stack_{depth}.zarr", depth, (args.slice_y or args.slice, args.slice))
             t0 = time.perf_counter()
-            r = bench_inference(args, depth, ["--_stack", str(stack)])
+            r = bench_inference(args, depth, ["--_stack", str(stack), "--input_format", "zarr"])  # OME-Zarr out
             r["wall_s_with_start"] = time.perf_counter() - t0
+            print(json.dumps(r), file=sys.stderr, flush=True)  # each depth as it finishes
             out.append(r)
             import shutil
 
