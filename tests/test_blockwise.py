@@ -266,3 +266,10 @@ def test_an_error_in_the_writer_thread_surfaces_and_stops_the_run(tmp_path, monk
         StackSegmenter(_net(), roi_size=(32, 32)).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
                                                       block_slices=1, block_tile=32, progress=False)
     assert computed == [0, 1]  # the error of block 0's write stops the run after the block computed meanwhile
+
+
+def test_a_tile_smaller_than_the_grown_window_says_so(tmp_path):
+    _zarr_input(tmp_path / "in.zarr")
+    with pytest.raises(ValueError, match=r"halo \(44\) is larger than the block \(32\) along y.*grew from \(32, 32\) to \(44, 42\) \(--max_window 48\)"):
+        StackSegmenter(_net(), roi_size=(32, 32), max_window=48).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
+                                                                     block_tile=32, progress=False)

@@ -307,7 +307,12 @@ class StackSegmenter:
         with open_volume(input_path, key=key, missing_chunks=missing_chunks) as source:
             shape, voxel_size, unit = source.shape, source.voxel_size, source.unit
         window, _ = self.windows(shape[1:])
-        plan = BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *window))
+        try:
+            plan = BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *window))
+        except ValueError as e:
+            if window == self.roi_size:
+                raise
+            raise ValueError(f"{e} The windows grew from {self.roi_size} to {window} (--max_window {self.max_window}).") from None
         middle = shape[0] // 2
         preview_path = output_dir / f"preview_z{middle:04d}.png"
         summary_path = output_dir / "summary.json"
