@@ -12,7 +12,11 @@ labelled + 4 unlabelled), and each one's time relative to supervised-only.
 Inference: voxels/s of whole-stack segmentation (``StackSegmenter``, block-wise) from a TIFF or zarr
 stack written to a temporary folder, and the peak memory of that process for two stack depths: peak
 memory must not grow with the number of slices. ``--plain_forward`` also times the bare float32 forward
-of the same network on whole slices, the reference the whole-stack throughput is compared with.
+of the same network on whole slices, the reference the whole-stack throughput is compared with (before
+the first and after the last of the ``--settings`` runs, interleaved, so that a changing machine load
+shows). ``--memory_depths`` writes one zarr stack per depth first and reports the peak RSS of a process
+that only segments it; ``--dask_compare`` also runs each setting on a 2-worker LocalCluster and compares
+the outputs.
 
 Examples::
 
@@ -20,7 +24,11 @@ Examples::
         --ssl_crop 128 --ssl_depth 18 --ssl_embed 32 --ssl_decoder 128 64 32 16 16
     python scripts/benchmark.py --device cuda --crop 512 --batch 2 --iterations 50 --amp
     python scripts/benchmark.py --inference_only --channels 16 32 64 128 --slice 1024 --slice_y 768 \
-        --roi 512 --depths 2 --input_format zarr --plain_forward --amp --channels_last
+        --roi 512 --max_window 2048 --depths 2 --input_format zarr --plain_forward --settings fp32 bf16_cl
+    python scripts/benchmark.py --inference_only --network conv --slice 4096 --roi 512 --max_window 2048 \
+        --memory_depths 8 64 --probabilities_dtype uint8     # peak RSS per depth, one process each
+    python scripts/benchmark.py --inference_only --channels 4 8 16 32 --slice 1024 --slice_y 768 --roi 512 \
+        --max_window 2048 --depths 4 --block_slices 1 --input_format zarr --dask_compare   # 1 process vs 2 workers
 """
 
 from __future__ import annotations
@@ -186,9 +194,9 @@ def bench_ssl(method: str, args) -> dict:
     return _timing_record(trainer, device, args.warmup, setting, terms)
 
 
-def bench_inference(args, depth: int) -> dict:
+def bench_inference(args, depth: int, extra: list[str] | None = None) -> dict:
     """Run in a fresh process so that the peak RSS is this measurement's own."""
-    cmd = [sys.executable, __file__, "--_inference_depth", str(depth)] + _forward_args(args)
+    cmd = [sys.executable, __file__, "--_inference_depth", str(depth)] + _forward_args(args) + (extra or [])
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"inference benchmark failed:\n{res.stderr[-2000:]}")
@@ -198,82 +206,162 @@ def bench_inference(args, depth: int) -> dict:
 def _forward_args(args) -> list[str]:
     return [
         "--device", args.device, "--slice", str(args.slice), "--roi", str(args.roi),
-        "--channels", *map(str, args.channels), *(["--amp"] if args.amp else []),
+        "--channels", *map(str, args.channels), "--settings", *args.settings,
         *(["--slice_y", str(args.slice_y)] if args.slice_y else []), "--input_format", args.input_format,
         "--block_slices", str(args.block_slices), "--block_tile", str(args.block_tile), "--overlap", str(args.overlap),
-        *(["--channels_last"] if args.channels_last else []), *(["--plain_forward"] if args.plain_forward else []),
+        *(["--max_window", str(args.max_window)] if args.max_window else []),
+        *(["--plain_forward"] if args.plain_forward else []), "--network", args.network,
+        "--probabilities_dtype", args.probabilities_dtype, *(["--dask_compare"] if args.dask_compare else []),
     ]
 
 
-def _plain_forward(seg, shape: tuple[int, int], depth: int, amp: bool) -> float:
-    """Voxels/s of the bare network on whole slices (batch 1, no windows, no I/O), after one warm-up."""
+def _plain_forward(seg, shape: tuple[int, int], depth: int) -> float:
+    """Voxels/s of the bare float32 network on whole slices (batch 1, no windows, no I/O), after one warm-up."""
     x = torch.rand(1, 1, *shape, device=seg.device)
-    seg.amp, amp_before = amp, seg.amp
-    seg._forward(x)
+    amp, seg.amp = seg.amp, False
+    seg._forward(x[..., : min(shape[0], 64), : min(shape[1], 64)])
     t0 = time.perf_counter()
     for _ in range(depth):
         seg._forward(x)
     if seg.device.type == "cuda":
         torch.cuda.synchronize()
-    seg.amp = amp_before
+    seg.amp = amp
     return depth * shape[0] * shape[1] / (time.perf_counter() - t0)
 
 
-def _inference_child(args) -> None:
+def _time_network(seg) -> list[float]:
+    """Make ``seg`` add the seconds its network runs to the returned one-element list."""
+    spent, forward = [0.0], seg._forward
+
+    def timed(x):
+        t0 = time.perf_counter()
+        out = forward(x)
+        spent[0] += time.perf_counter() - t0
+        return out
+
+    seg._forward = timed
+    return spent
+
+
+#: stack setting -> (bfloat16 autocast, channels-last)
+STACK_SETTINGS = {"fp32": (False, False), "bf16": (True, False), "bf16_cl": (True, True)}
+
+
+def _network(args) -> torch.nn.Module:
+    from mito_monai.networks.nets import MitoUNet
+
+    torch.manual_seed(0)
+    if args.network == "conv":  # a stand-in for measuring the data path's memory: one 3 x 3 convolution
+        return torch.nn.Conv2d(1, 2, 3, padding=1)
+    return MitoUNet(channels=tuple(args.channels))
+
+
+def write_stack(path: Path, depth: int, shape: tuple[int, int], fmt: str = "zarr") -> Path:
+    """A random uint8 (depth, Y, X) stack, written slice by slice (a 512 x 512 random tile shifted per slice)."""
     import tifffile
     import zarr
 
+    tile = np.random.default_rng(0).integers(0, 256, (512, 512), dtype=np.uint8)
+    reps = (-(-shape[0] // 512), -(-shape[1] // 512))
+    slices = (np.roll(np.tile(tile, reps), 7 * z, axis=1)[: shape[0], : shape[1]] for z in range(depth))
+    if fmt == "zarr":
+        arr = zarr.create_array(path, shape=(depth, *shape), chunks=(1, 512, 512), dtype="u1")
+        for z, s in enumerate(slices):
+            arr[z] = s
+    else:
+        with tifffile.TiffWriter(path, bigtiff=True) as tif:
+            for s in slices:
+                tif.write(s, contiguous=True)
+    return path
+
+
+def _inference_child(args) -> None:
+    from mito_monai.data import read_volume
     from mito_monai.inference import StackSegmenter
-    from mito_monai.networks.nets import MitoUNet
 
     depth = args._inference_depth
     shape = (args.slice_y or args.slice, args.slice)
+    cuda = torch.device(args.device).type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        if args.input_format == "zarr":
-            stack = Path(tmp) / "stack.zarr"
-            arr = zarr.create_array(stack, shape=(depth, *shape), chunks=(1, 512, 512), dtype="u1")
-            for z in range(depth):
-                arr[z] = rng.integers(0, 256, shape, dtype=np.uint8)
-        else:
-            stack = Path(tmp) / "stack.tif"
-            with tifffile.TiffWriter(stack, bigtiff=True) as tif:
-                for _ in range(depth):
-                    tif.write(rng.integers(0, 256, shape, dtype=np.uint8), contiguous=True)
+        stack = Path(args._stack) if args._stack else write_stack(Path(tmp) / f"stack.{args.input_format}", depth, shape, args.input_format)
         base = _peak_rss_mib()
-        seg = StackSegmenter(
-            MitoUNet(channels=tuple(args.channels)), roi_size=(args.roi, args.roi), device=args.device, amp=args.amp,
-            channels_last=args.channels_last,
-        )
-        seg.overlap = args.overlap
-        if torch.device(args.device).type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        seg.run(stack, Path(tmp) / "out", preview=False, output_format=args.input_format, block_slices=args.block_slices,
-                block_tile=args.block_tile, progress=False)
-        if torch.device(args.device).type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        out = {
-            "stack_shape": [depth, *shape],
-            "format": args.input_format,
-            "roi": [args.roi, args.roi],
-            "overlap": args.overlap,
-            "block": [args.block_slices, args.block_tile, args.block_tile],
-            "amp": args.amp,
-            "channels_last": args.channels_last,
-            "seconds": dt,
-            "voxels_per_s": depth * shape[0] * shape[1] / dt,
-            "peak_rss_mib": _peak_rss_mib(),
-            "rss_before_run_mib": base,
+        net = _network(args)
+        warm = write_stack(Path(tmp) / "warm.zarr", 1, (64, 64))  # imports and first-call costs, not timed
+        StackSegmenter(net, roi_size=(args.roi, args.roi)).run(warm, Path(tmp) / "warm_out", preview=False,
+                                                              output_format="zarr", progress=False)
+        out: dict = {
+            "stack_shape": [depth, *shape], "format": args.input_format, "network": args.network,
+            "channels": args.channels if args.network == "unet" else None, "roi": [args.roi, args.roi],
+            "overlap": args.overlap, "max_window": args.max_window, "block": [args.block_slices, args.block_tile, args.block_tile],
+            "threads": torch.get_num_threads(), "probabilities_dtype": args.probabilities_dtype,
         }
-        if args.plain_forward:
-            plain32 = _plain_forward(seg, shape, min(depth, 3), amp=False)
-            out["plain_forward_fp32_voxels_per_s"] = plain32
-            out["stack_vs_plain_fp32"] = out["voxels_per_s"] / plain32
-        if torch.device(args.device).type == "cuda":
+        plain = []
+        runs = {}
+        for i, name in enumerate(args.settings):
+            amp, channels_last = STACK_SETTINGS[name]
+            seg = StackSegmenter(net, roi_size=(args.roi, args.roi), device=args.device, amp=amp,
+                                 channels_last=channels_last, max_window=args.max_window)
+            seg.overlap = args.overlap
+            out["window"] = list(seg.windows(shape)[0])
+            if args.plain_forward and i == 0:  # interleaved: before the first and after every stack run
+                plain.append(_plain_forward(seg, shape, min(depth, 2)))
+            network_s = _time_network(seg)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            schedulers = [("local", 1), ("dask", 2)] if args.dask_compare else [("local", 1)]
+            for scheduler, workers in schedulers:
+                t0 = time.perf_counter()
+                w = seg.run(stack, Path(tmp) / f"out_{name}_{scheduler}", preview=False, output_format=args.input_format,
+                            block_slices=args.block_slices, block_tile=args.block_tile, progress=False, scheduler=scheduler,
+                            dask_workers=workers, probabilities_dtype=args.probabilities_dtype)
+                if cuda:
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                key = name if scheduler == "local" else f"{name}_dask_{workers}_workers"
+                runs[key] = {"seconds": dt, "voxels_per_s": depth * shape[0] * shape[1] / dt}
+                if scheduler == "local":
+                    runs[key]["network_share"] = network_s[0] / dt  # the rest: statistics, I/O, blending
+                    network_s[0] = 0.0
+                if args.dask_compare:
+                    runs[key]["probabilities"] = read_volume(w["probabilities"])
+            if args.plain_forward:
+                plain.append(_plain_forward(seg, shape, min(depth, 2)))
+                runs[name]["stack_vs_adjacent_plain_fp32"] = runs[name]["voxels_per_s"] / float(np.mean(plain[-2:]))
+            if net is not None and channels_last:
+                net = net.to(memory_format=torch.contiguous_format)
+        if args.dask_compare:
+            for name in args.settings:
+                ref = runs[name].pop("probabilities")
+                other = runs[f"{name}_dask_2_workers"]
+                other["max_abs_diff_vs_one_process"] = float(np.abs(other.pop("probabilities").astype(np.float64) - ref).max())
+                other["time_vs_one_process"] = other["seconds"] / runs[name]["seconds"]
+        if plain:
+            out["plain_forward_fp32_voxels_per_s"] = plain
+            for r in runs.values():
+                r["stack_vs_mean_plain_fp32"] = r["voxels_per_s"] / float(np.mean(plain))
+        out["runs"] = runs
+        out["peak_rss_mib"] = _peak_rss_mib()
+        out["rss_before_run_mib"] = base
+        if cuda:
             out["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(out))
+
+
+def bench_memory(args) -> list[dict]:
+    """Peak RSS of block-wise inference on (N, Y, X) zarr stacks, one child process per N (stack written first)."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for depth in args.memory_depths:
+            stack = write_stack(Path(tmp) / f"stack_{depth}.zarr", depth, (args.slice_y or args.slice, args.slice))
+            t0 = time.perf_counter()
+            r = bench_inference(args, depth, ["--_stack", str(stack), "--input_format", "zarr"])  # OME-Zarr out
+            r["wall_s_with_start"] = time.perf_counter() - t0
+            print(json.dumps(r), file=sys.stderr, flush=True)  # each depth as it finishes
+            out.append(r)
+            import shutil
+
+            shutil.rmtree(stack)
+    return out
 
 
 def main() -> None:
@@ -293,9 +381,18 @@ def main() -> None:
     p.add_argument("--slice_y", type=int, default=None, help="inference: slice height if not square (e.g. 768)")
     p.add_argument("--input_format", choices=["tif", "zarr"], default="tif", help="inference: stack (and output) format")
     p.add_argument("--block_slices", type=int, default=4, help="inference: slices per block")
-    p.add_argument("--block_tile", type=int, default=2048, help="inference: tile size of a block")
+    p.add_argument("--block_tile", type=int, default=4096, help="inference: tile size of a block")
+    p.add_argument("--max_window", type=int, default=None, help="inference: grow the windows up to this size (StackSegmenter max_window)")
+    p.add_argument("--settings", nargs="+", default=["fp32"], choices=sorted(STACK_SETTINGS),
+                   help="inference: whole-stack runs, in this order (fp32, bf16 autocast, bf16 + channels-last)")
+    p.add_argument("--network", choices=["unet", "conv"], default="unet", help="inference: MitoUNet(--channels) or one 3x3 conv")
+    p.add_argument("--probabilities_dtype", choices=["float32", "uint8"], default="float32")
+    p.add_argument("--memory_depths", type=int, nargs="*", default=[],
+                   help="inference: peak RSS for zarr stacks of these depths (one process each), instead of --depths")
+    p.add_argument("--dask_compare", action="store_true", help="inference: also run each setting on a 2-worker LocalCluster")
+    p.add_argument("--_stack", default=None, help=argparse.SUPPRESS)
     p.add_argument("--overlap", type=float, default=0.5, help="inference: sliding-window overlap")
-    p.add_argument("--channels_last", action="store_true", help="channels-last network (training and inference)")
+    p.add_argument("--channels_last", action="store_true", help="channels-last network (training)")
     p.add_argument("--plain_forward", action="store_true",
                    help="inference: also time the bare float32 forward on whole slices (the throughput reference)")
     p.add_argument("--inference_only", action="store_true", help="skip the training benchmarks")
@@ -337,7 +434,9 @@ def main() -> None:
     for r in result["semi_supervised"]:
         if ssl_sup:
             r["time_vs_supervised"] = _median_ratio(r, ssl_sup)
-    if not args.skip_inference:
+    if args.memory_depths:
+        result["memory"] = bench_memory(args)
+    elif not args.skip_inference:
         result["inference"] = [bench_inference(args, d) for d in args.depths]
     print(json.dumps(result, indent=2))
 

@@ -15,6 +15,7 @@ from monai.inferers import SlidingWindowInferer
 
 from mito_monai.data import read_volume
 from mito_monai.inference import BlockPlan, BlockSegmentation, StackSegmenter, window_starts
+from mito_monai.inference.blocks import fitted_window
 from mito_monai.networks.nets import MitoUNet
 
 
@@ -115,18 +116,18 @@ def test_resume_skips_finished_blocks_and_gives_the_uninterrupted_output(tmp_pat
     seg = StackSegmenter(_net(), roi_size=(32, 32))
     kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
     full = seg.run(tmp_path / "in.zarr", tmp_path / "full", **kwargs)
-    original, calls = BlockSegmentation.__call__, []
+    original, calls = BlockSegmentation.compute, []
 
-    def interrupted(self, index):
+    def interrupted(self, index, norm):
         if len(calls) == 10:
             raise KeyboardInterrupt
         calls.append(index)
-        return original(self, index)
+        return original(self, index, norm)
 
-    monkeypatch.setattr(BlockSegmentation, "__call__", interrupted)
+    monkeypatch.setattr(BlockSegmentation, "compute", interrupted)
     with pytest.raises(KeyboardInterrupt):
         seg.run(tmp_path / "in.zarr", tmp_path / "cut", **kwargs)
-    monkeypatch.setattr(BlockSegmentation, "__call__", lambda self, i: calls.append(i) or original(self, i))
+    monkeypatch.setattr(BlockSegmentation, "compute", lambda self, i, norm: calls.append(i) or original(self, i, norm))
     with pytest.raises(FileExistsError):  # without --resume the partial output is not touched
         seg.run(tmp_path / "in.zarr", tmp_path / "cut", **kwargs)
     with pytest.raises(ValueError, match="other settings.*threshold"):
@@ -162,3 +163,113 @@ def test_dask_local_cluster_equals_one_process(tmp_path, processes):
     for name in ("probabilities", "masks"):
         np.testing.assert_array_equal(read_volume(two[name]), read_volume(one[name]))
     assert len(list((tmp_path / "two" / "blocks_done").glob("[0-9]*.json"))) == 27  # each worker recorded its blocks
+
+
+@pytest.mark.parametrize("length,roi,overlap,max_window,multiple", [
+    (90, 32, 0.5, 128, 8), (90, 32, 0.5, 48, 8), (4096, 512, 0.5, 2048, 16), (5000, 512, 0.25, 2304, 16), (20, 32, 0.5, 64, 8),
+])
+def test_fitted_window_covers_the_axis_with_fewer_windows_and_the_same_overlap_in_pixels(length, roi, overlap, max_window, multiple):
+    window, frac = fitted_window(length, roi, overlap, max_window, multiple)
+    starts = window_starts(length, window, frac)
+    if length <= roi:  # padded to the window, as without max_window
+        assert (window, starts) == (roi, [0])
+        return
+    assert roi <= window <= max_window and window % multiple == 0
+    covered = np.zeros(length, bool)
+    for s in starts:
+        covered[s : s + window] = True
+    assert covered.all() and starts[-1] + window == length or window >= length
+    neighbours = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(window - step >= int(roi * overlap) for step in neighbours)  # no less context than the trained window
+    assert len(starts) <= len(window_starts(length, roi, overlap))
+
+
+def test_a_window_grown_to_the_whole_slice_equals_the_plain_forward():
+    image = np.random.default_rng(3).random((72, 88)).astype(np.float32)
+    seg = StackSegmenter(_net(), roi_size=(32, 32), max_window=128)
+    assert seg.windows(image.shape) == ((72, 88), (0.0, 0.0))
+    with torch.no_grad():
+        plain = torch.softmax(seg.network(torch.from_numpy(image)[None, None]), 1)[0, 1].numpy()
+    np.testing.assert_allclose(seg.predict_slice(image), plain, atol=1e-5)
+    with pytest.raises(ValueError, match=r"max_window \(16\) must be at least the window \(32, 32\)"):
+        StackSegmenter(_net(), roi_size=(32, 32), max_window=16)
+
+
+def test_grown_windows_keep_the_output_independent_of_the_block_grid(tmp_path):
+    vol = _zarr_input(tmp_path / "in.zarr")
+    seg = StackSegmenter(_net(), roi_size=(32, 32), max_window=48)
+    assert seg.windows(vol.shape[1:])[0] == (44, 42)  # two windows per axis instead of 4 and 5
+    whole = np.stack([seg.predict_slice(s) for s in vol])
+    for i, (slices, tile) in enumerate([(5, 4096), (2, 48), (3, 60)]):
+        w = seg.run(tmp_path / "in.zarr", tmp_path / f"out{i}", output_format="zarr", block_slices=slices,
+                    block_tile=tile, progress=False)
+        np.testing.assert_allclose(read_volume(w["probabilities"]), whole, atol=1e-5)
+
+
+def _serial(monkeypatch):
+    from mito_monai.inference import executors, stack_segmenter
+
+    monkeypatch.setattr(stack_segmenter, "make_executor", lambda *a, **k: executors.InProcessExecutor(pipeline=False))
+
+
+def test_reading_ahead_and_writing_behind_gives_the_serial_output(tmp_path, monkeypatch):
+    _zarr_input(tmp_path / "in.zarr")
+    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
+    threads = set()
+    original = BlockSegmentation.load
+    monkeypatch.setattr(BlockSegmentation, "load", lambda self, i: threads.add(__import__("threading").current_thread().name) or original(self, i))
+    piped = seg.run(tmp_path / "in.zarr", tmp_path / "piped", **kwargs)
+    assert all(t.startswith("block-reader") for t in threads)  # the reads ran in the background thread
+    _serial(monkeypatch)
+    serial = seg.run(tmp_path / "in.zarr", tmp_path / "serial", **kwargs)
+    for name in ("probabilities", "masks"):
+        np.testing.assert_array_equal(read_volume(piped[name]), read_volume(serial[name]))
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_chunk_that_breaks_during_the_run_is_the_same_one_line_error_naming_the_block(tmp_path, monkeypatch, pipeline):
+    from mito_monai.data import DataError
+    from mito_monai.inference import stack_segmenter
+
+    vol = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    zarr.create_array(tmp_path / "in.zarr", shape=vol.shape, chunks=(2, 32, 32), dtype="u1", zarr_format=2)[:] = vol
+    merge = stack_segmenter.merge_slice_stats
+
+    def corrupt_after_the_statistics(parts, depth):  # the first pass reads every chunk; break one after it
+        stats = merge(parts, depth)
+        (tmp_path / "in.zarr" / "1.0.1").write_bytes(b"not a blosc frame")
+        return stats
+
+    monkeypatch.setattr(stack_segmenter, "merge_slice_stats", corrupt_after_the_statistics)
+    if not pipeline:
+        _serial(monkeypatch)
+    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    with pytest.raises(DataError) as err:
+        seg.run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr", block_slices=2, block_tile=32, progress=False)
+    expected = f"{tmp_path / 'in.zarr'}: cannot read the block z 2:4, y 0:64, x 0:64 ("
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+    assert "corrupt" in str(err.value)
+
+
+def test_an_error_in_the_writer_thread_surfaces_and_stops_the_run(tmp_path, monkeypatch):
+    _zarr_input(tmp_path / "in.zarr")
+    computed = []
+    original = BlockSegmentation.compute
+    monkeypatch.setattr(BlockSegmentation, "compute", lambda self, i, n: computed.append(i) or original(self, i, n))
+
+    def store(self, index, prob):
+        raise OSError(f"disk full while writing block {index}")
+
+    monkeypatch.setattr(BlockSegmentation, "store", store)
+    with pytest.raises(OSError, match="disk full while writing block 0$"):
+        StackSegmenter(_net(), roi_size=(32, 32)).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
+                                                      block_slices=1, block_tile=32, progress=False)
+    assert computed == [0, 1]  # the error of block 0's write stops the run after the block computed meanwhile
+
+
+def test_a_tile_smaller_than_the_grown_window_says_so(tmp_path):
+    _zarr_input(tmp_path / "in.zarr")
+    with pytest.raises(ValueError, match=r"halo \(44\) is larger than the block \(32\) along y.*grew from \(32, 32\) to \(44, 42\) \(--max_window 48\)"):
+        StackSegmenter(_net(), roi_size=(32, 32), max_window=48).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
+                                                                     block_tile=32, progress=False)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Block", "BlockPlan", "window_starts"]
+import numpy as np
+
+__all__ = ["Block", "BlockPlan", "window_starts", "fitted_window"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +96,45 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     stride = max(1, int(window * (1.0 - overlap)))
     n = -(-(length - window) // stride) + 1
     return [min(i * stride, length - window) for i in range(n)]
+
+
+def fitted_window(
+    length: int, roi: int, overlap: float, max_window: int | None = None, multiple: int = 1
+) -> tuple[int, float]:
+    """Window size and overlap along an axis of ``length``: ``(roi, overlap)``, or grown up to ``max_window``.
+
+    A fully convolutional network can run on windows larger than the one it was trained on; fewer,
+    larger windows repeat less work in their overlaps (a 768 x 1024 slice in 512-windows at overlap 0.5 is
+    2 x 3 windows, twice its pixels). With ``max_window``, the axis is covered by the fewest windows of at
+    most ``max_window`` pixels (rounded up to ``multiple``, the network's size divisor) that keep the
+    overlap of ``roi * overlap`` pixels of the configured window between neighbours: one window of the
+    whole axis when it fits (padded up to ``multiple``), else n windows sharing that many pixels. An axis
+    shorter than ``roi`` keeps the ``roi`` window (it is padded, as without ``max_window``). The result
+    depends on the axis alone, so the window lattice is still fixed by the volume, not the block.
+
+    Returns:
+        ``(window, overlap)`` for :func:`window_starts`.
+
+    Raises:
+        ValueError: ``max_window`` smaller than ``roi``, or a non-positive ``multiple``.
+    """
+    if max_window is None or length <= roi:
+        return int(roi), float(overlap)
+    if max_window < roi:
+        raise ValueError(f"max_window ({max_window}) must be at least the window ({roi}).")
+    if multiple < 1:
+        raise ValueError(f"multiple must be positive, got {multiple}.")
+
+    def up(n: float) -> int:
+        return max(int(roi), -(-int(np.ceil(n)) // multiple) * multiple)
+
+    if up(length) <= max_window:
+        return up(length), 0.0
+    context = int(roi * overlap)  # pixels neighbouring windows share
+    for n in range(2, length + 1):
+        window = up((length + (n - 1) * context) / n)
+        while window <= max_window and len(window_starts(length, window, context / window)) > n:
+            window += multiple
+        if window <= max_window:
+            return window, context / window
+    return int(roi), float(overlap)  # pragma: no cover (n = length always fits)

@@ -1,7 +1,8 @@
 """Executors that run a block-wise task over a block plan: in this process, or on Dask distributed.
 
 Both take a picklable task ``task(block_index) -> result`` and yield the results as blocks finish,
-with one progress bar (blocks done / total and voxels per second) in the calling process.
+with one progress bar (blocks done / total and voxels per second) in the calling process. In this
+process, a task with load / compute / store stages reads ahead and writes behind in two threads.
 The Dask executor ships the task (and the network in it) to each worker once, sends only block
 indices afterwards, and gathers only the small per-block results; the workers write their blocks into
 the output store themselves. A worker that dies has its blocks rerun elsewhere by Dask.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = ["InProcessExecutor", "DaskExecutor", "make_executor"]
 
@@ -39,7 +41,22 @@ class _Progress:
 
 
 class InProcessExecutor:
-    """Run the blocks one after the other in this process."""
+    """Run the blocks one after the other in this process.
+
+    A task with ``load(item)``, ``compute(item, loaded)`` and ``store(item, computed)`` stages (such as
+    :class:`~mito_monai.inference.tasks.BlockSegmentation`) runs as a pipeline: a reader thread loads the
+    next item and a writer thread stores the previous one while this thread computes (one
+    ``concurrent.futures`` thread each, so at most one item is read ahead and one waits to be written:
+    memory stays a few blocks). Results come in the order of ``items``, as without the pipeline; an error
+    in the reader or writer thread is raised here unchanged (the same exception, e.g. the
+    :class:`~mito_monai.data.DataError` naming the block), after the other thread has stopped.
+
+    Args:
+        pipeline: overlap reading and writing with compute; ``False`` runs every stage in this thread.
+    """
+
+    def __init__(self, pipeline: bool = True) -> None:
+        self.pipeline = bool(pipeline)
 
     def __enter__(self) -> InProcessExecutor:
         return self
@@ -52,12 +69,42 @@ class InProcessExecutor:
     ) -> Iterator:
         bar = _Progress(len(items), desc, progress, voxels)
         try:
-            for i, item in enumerate(items):
-                result = task(item)
-                bar.update(i)
-                yield result
+            if self.pipeline and all(callable(getattr(task, n, None)) for n in ("load", "compute", "store")):
+                yield from self._pipelined(task, list(items), bar)
+            else:
+                for i, item in enumerate(items):
+                    result = task(item)
+                    bar.update(i)
+                    yield result
         finally:
             bar.close()
+
+    @staticmethod
+    def _pipelined(task, items: list, bar: _Progress) -> Iterator:
+        if not items:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="block-reader") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="block-writer") as writer:
+            loading = reader.submit(task.load, items[0])
+            storing: Future | None = None
+            try:
+                for i, item in enumerate(items):
+                    loaded = loading.result()
+                    if i + 1 < len(items):
+                        loading = reader.submit(task.load, items[i + 1])
+                    computed = task.compute(item, loaded)
+                    del loaded
+                    if storing is not None:
+                        result = storing.result()
+                        bar.update(i - 1)
+                        yield result
+                    storing = writer.submit(task.store, item, computed)
+                    del computed
+                result = storing.result()
+                bar.update(len(items) - 1)
+                yield result
+            finally:  # on an error the read-ahead is dropped; a block already computed is still written
+                loading.cancel()
 
 
 def _apply(item, task):

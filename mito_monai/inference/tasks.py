@@ -125,6 +125,11 @@ class BlocksDone:
 class BlockSegmentation:
     """Segment one block: read its core with a halo, predict, write the core to every output, record it.
 
+    The task has three stages, ``load`` (read and normalise), ``compute`` (the network) and ``store``
+    (write and record), so that :class:`~mito_monai.inference.executors.InProcessExecutor` can read the
+    next block and write the previous one while the network runs; calling the task runs the three in turn
+    (what a Dask worker does).
+
     Args:
         segmenter: a :class:`~mito_monai.inference.StackSegmenter` (its network is part of the task).
         input_path, key: the input stack.
@@ -146,13 +151,21 @@ class BlockSegmentation:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_volume": None}
 
-    def __call__(self, index: int) -> int:
+    def load(self, index: int) -> np.ndarray:
+        """The block's read box (Z, H, W), normalised to float32."""
         if self._volume is None:
             self._volume = open_volume(self.input_path, self.key, self.missing_chunks)
         block = self.plan[index]
         zs = block.core[0]
-        raw = self._volume.read(block.read)
-        prob = self.segmenter.predict_block(raw, block, self.low[zs], self.high[zs], self.plan.shape[1:])
+        return self.segmenter.normalize_block(self._volume.read(block.read), self.low[zs], self.high[zs])
+
+    def compute(self, index: int, norm: np.ndarray) -> np.ndarray:
+        """Foreground probabilities (Z, cy, cx) of the block's core."""
+        return self.segmenter.predict_normalized_block(norm, self.plan[index], self.plan.shape[1:])
+
+    def store(self, index: int, prob: np.ndarray) -> int:
+        """Write the block's core to every output, record the block; returns its foreground voxels."""
+        block = self.plan[index]
         mask = prob >= self.segmenter.threshold
         if "probabilities" in self.writers:
             self.writers["probabilities"].write(block.core, prob)
@@ -162,3 +175,6 @@ class BlockSegmentation:
         if self.record is not None:
             self.record.mark(index, foreground)
         return foreground
+
+    def __call__(self, index: int) -> int:
+        return self.store(index, self.compute(index, self.load(index)))
