@@ -7,6 +7,7 @@ reference in ``test_distributed.py`` and writes its final parameters to ``OUT_PR
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,9 @@ def main(out_prefix: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # The results are on disk and the process group is gone; skip the interpreter's teardown, where a
+    # C++ thread of torch was once destroyed while joinable under load ("terminate called without an
+    # active exception", SIGABRT after the work was done), which is not what these tests check.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
