@@ -7,7 +7,6 @@ reference in ``test_distributed.py`` and writes its final parameters to ``OUT_PR
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # the tests and the repository
-from ddp_worker import shard  # noqa: E402
+from ddp_worker import run_then_exit, shard  # noqa: E402
 from test_semi_supervised import Slices, ce, terms_for  # noqa: E402
 
 from mito_monai.engines import SemiSupervisedTrainer, init_distributed, method_terms  # noqa: E402
@@ -74,10 +73,4 @@ def main(out_prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
-    # The results are on disk and the process group is gone; skip the interpreter's teardown, where a
-    # C++ thread of torch was once destroyed while joinable under load ("terminate called without an
-    # active exception", SIGABRT after the work was done), which is not what these tests check.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_then_exit(main, sys.argv[1])

@@ -60,11 +60,18 @@ def main(out_prefix: str) -> None:
     torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
-    main(sys.argv[1])
-    # The results are on disk and the process group is gone; skip the interpreter's teardown, where a
-    # C++ thread of torch was once destroyed while joinable under load ("terminate called without an
-    # active exception", SIGABRT after the work was done), which is not what these tests check.
+def run_then_exit(main, out_prefix: str) -> None:
+    """Run a worker's ``main``, then leave without the interpreter's teardown.
+
+    The results are on disk and the process group is gone by then; at teardown a C++ thread of torch was
+    once destroyed while joinable under load ("terminate called without an active exception", SIGABRT
+    after the work was done), which is not what these tests check. An exception in ``main`` still fails.
+    """
+    main(out_prefix)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+if __name__ == "__main__":
+    run_then_exit(main, sys.argv[1])
