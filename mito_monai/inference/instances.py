@@ -32,6 +32,9 @@ __all__ = ["label_instances", "split_touching", "SPLITS"]
 #: the values of ``split``: ``none`` (connected components) or ``watershed`` (touching objects split).
 SPLITS = ("none", "watershed")
 
+#: connectivity (6, 18, 26) -> the rank of scipy's ``generate_binary_structure`` / skimage's ``connectivity``.
+_RANK = {6: 1, 18: 2, 26: 3}
+
 
 class _UnionFind:
     def __init__(self) -> None:
@@ -103,7 +106,7 @@ def split_touching(
         raise ValueError(f"mask must be (Z, Y, X), got shape {mask.shape}.")
     if seed_height <= 0:
         raise ValueError(f"seed_height must be > 0, got {seed_height}.")
-    rank = {6: 1, 18: 2, 26: 3}[connectivity]
+    rank = _RANK[connectivity]
     if sampling is not None:
         sampling = np.asarray(sampling, np.float64) / float(min(sampling))
     distance = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=sampling)[1:-1, 1:-1, 1:-1]
@@ -179,7 +182,7 @@ def label_instances(
     output = Path(output)
     if output.exists() and not overwrite:
         raise DataError(f"{output} already exists; pass --overwrite true to replace it.")
-    structure = ndimage.generate_binary_structure(3, {6: 1, 18: 2, 26: 3}[connectivity])
+    structure = ndimage.generate_binary_structure(3, _RANK[connectivity])
     with open_volume(masks, key) as vol:
         plan = BlockPlan(vol.shape, block_shape)
         prob_volume = None
