@@ -225,6 +225,17 @@ def test_methods_switch_terms_teacher_and_views(demo, monkeypatch):
     assert {n for n, t in parser.get_parsed_content("terms").items() if t.active} == {"sup_1", "cps", "rpc"}
     parser = _parser(demo, method="dualrel", use_div=False, use_div_1=False)
     assert {n for n, t in parser.get_parsed_content("terms").items() if t.active} == {"sup_1", "rpc"}
+    # Table 4 without reliable prototype selection: plain prototype consistency, the reliability head not run
+    rpc = _parser(demo, method="dualrel", rpc_use_reliability=False).get_parsed_content("terms")["rpc"]
+    assert rpc.active and rpc.loss.use_reliability is False and list(rpc.inputs) == ["prototypes", "prototypes_1"]
+    rpc = _parser(demo, method="dualrel").get_parsed_content("terms")["rpc"]
+    assert rpc.loss.use_reliability is True and list(rpc.inputs) == ["prototypes", "prototypes_1", "reliability"]
+    # under DDP every parameter is used only when rpc runs with its reliabilities
+    for overrides, unused in (({}, False), ({"rpc_use_reliability": False}, True), ({"method": "cps"}, True)):
+        parser = _parser(demo, **overrides)
+        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
+        parser.update({**TINY, "dataset_dir": str(demo), **overrides})
+        assert parser.get_parsed_content("network#find_unused_parameters") is unused, overrides
 
     # the weights of the paper
     terms = _parser(demo).get_parsed_content("terms")

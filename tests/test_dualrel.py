@@ -172,6 +172,22 @@ def test_reliable_prototype_consistency_hand_computed():
     assert ReliablePrototypeConsistencyLoss().reg_weight == 1.0
 
 
+def test_prototype_consistency_without_reliability():
+    # Table 4's "w/o RPrS" row: the plain mean L2 distance, no weighting and no regulariser
+    pa = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[3.0, 4.0], [0.5, 0.0]]])
+    pb = torch.tensor([[[3.0, 4.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    loss_fn = ReliablePrototypeConsistencyLoss(reg_weight=0.3, use_reliability=False, reduction="none")
+    torch.testing.assert_close(loss_fn(pa, pb), torch.tensor([[5.0, 0.0], [5.0, 0.5]]))
+    assert ReliablePrototypeConsistencyLoss(use_reliability=False)(pa, pb).item() == pytest.approx(10.5 / 4)
+    # at r = 1 and reg_weight 0 the weighted loss is the same distance
+    weighted = ReliablePrototypeConsistencyLoss(reg_weight=0.0)(pa, pb, torch.ones(2, 2))
+    assert weighted.item() == pytest.approx(10.5 / 4)
+    with pytest.raises(ValueError, match="pass none"):
+        ReliablePrototypeConsistencyLoss(use_reliability=False)(pa, pb, torch.ones(2, 2))
+    with pytest.raises(TypeError, match="use_reliability"):
+        ReliablePrototypeConsistencyLoss(use_reliability="no")
+
+
 def test_reliability_gradient_direction():
     loss_fn = ReliablePrototypeConsistencyLoss(reg_weight=1.0)
     pa = torch.zeros(1, 2, 3)

@@ -37,26 +37,40 @@ class ReliablePrototypeConsistencyLoss(_Loss):
     ``lambda_div = 0.05`` of eq. 13 is given); the default 1.0 is this package's choice: ``r_k -> 1`` is then the
     equilibrium exactly when the L2 distance is below 1 (the gradient at ``r = 1`` is ``d - reg_weight``).
 
+    ``use_reliability=False`` is the paper's Table 4 row without reliable prototype selection (RPrS): plain
+    prototype consistency ``mean_{b, k} ||p_k^1 - p_k^2||_2``, every prototype weighted 1 and no regulariser;
+    ``forward`` then takes no reliabilities (pass none, so the reliability head is not evaluated).
+
     Args:
         reg_weight: ``lambda >= 0``, weight of the reliability regulariser.
+        use_reliability: weight each prototype by its reliability (eq. 10, default) or not (Table 4 ablation).
         reduction: {``"mean"``, ``"sum"``, ``"none"``}. ``"mean"`` averages over the batch and the K
             prototypes (eq. 10 per image, averaged over images); ``"none"`` returns the (B, K) terms.
     """
 
-    def __init__(self, reg_weight: float = 1.0, reduction: LossReduction | str = LossReduction.MEAN) -> None:
+    def __init__(
+        self,
+        reg_weight: float = 1.0,
+        use_reliability: bool = True,
+        reduction: LossReduction | str = LossReduction.MEAN,
+    ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if isinstance(reg_weight, bool) or not isinstance(reg_weight, (int, float)) or not reg_weight >= 0:
             raise ValueError(f"reg_weight must be a non-negative number, got {reg_weight!r}.")
+        if not isinstance(use_reliability, bool):
+            raise TypeError(f"use_reliability must be True or False, got {use_reliability!r}.")
         self.reg_weight = float(reg_weight)
+        self.use_reliability = use_reliability
 
     def forward(
-        self, prototypes_a: torch.Tensor, prototypes_b: torch.Tensor, reliability: torch.Tensor
+        self, prototypes_a: torch.Tensor, prototypes_b: torch.Tensor, reliability: torch.Tensor | None = None
     ) -> torch.Tensor:
         """
         Args:
             prototypes_a: (B, K, C) prototypes of branch 1.
             prototypes_b: (B, K, C) prototypes of branch 2.
-            reliability: (B, K) reliabilities ``r_k`` in (0, 1].
+            reliability: (B, K) reliabilities ``r_k`` in (0, 1]; required with ``use_reliability``, and must be
+                ``None`` without it.
 
         Returns:
             scalar for ``"mean"``/``"sum"``, otherwise the (B, K) float32 terms.
@@ -68,6 +82,14 @@ class ReliablePrototypeConsistencyLoss(_Loss):
                 f"prototypes_a {tuple(prototypes_a.shape)} and prototypes_b {tuple(prototypes_b.shape)} must have "
                 "the same shape (B, K, C)."
             )
+        if not self.use_reliability:
+            if reliability is not None:
+                raise ValueError(
+                    "use_reliability=False ignores reliabilities: pass none (so that the reliability head is not run)."
+                )
+            with no_autocast(prototypes_a.device):
+                distance = torch.linalg.vector_norm(prototypes_a.float() - prototypes_b.float(), ord=2, dim=-1)
+                return reduce_loss(distance, self.reduction)
         if not isinstance(reliability, torch.Tensor) or not reliability.is_floating_point():
             raise TypeError("reliability must be a floating point torch.Tensor of shape (B, K).")
         if tuple(reliability.shape) != tuple(prototypes_a.shape[:2]):
