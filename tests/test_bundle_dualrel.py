@@ -344,6 +344,26 @@ def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
     assert inferer.enabled and inferer.dtype in (torch.bfloat16, "bfloat16")
 
 
+def test_cpu_learns_600_is_cpu_learns_at_600_iterations(monkeypatch):
+    """The overlay after cpu_learns.json resolves to what ``--num_iterations 600`` on cpu_learns.json gives (the
+    measured runs' command): 600 iterations, lr halved at 300 / 419 / 540, every term ramped over 150."""
+    from monai.bundle import ConfigParser
+
+    monkeypatch.chdir(REPO)
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "protocols" / "cpu_learns.json")]
+    keys = ("num_iterations", "max_epochs", "lr_scheduler#milestones", "crop_size", "encoder_depth", "partition",
+            "cps_ohem_threshold", "cps_min_kept", "rampup_mt", "rampup_cps", "rampup_rpc", "rampup_div")
+    overlay, override = ConfigParser(), ConfigParser()
+    overlay.read_config(files + [str(CONFIGS / "protocols" / "cpu_learns_600.json")])
+    override.read_config(files)
+    override["num_iterations"] = 600
+    for key in keys:
+        assert overlay.get_parsed_content(key, instantiate=False) == override.get_parsed_content(key, instantiate=False), key
+    # int() of 0.7 * 600 in floating point is 419: the measured runs halved the lr there
+    assert overlay.get_parsed_content("lr_scheduler#milestones", instantiate=False) == [300, 419, 540]
+    assert overlay.get_parsed_content("rampup_rpc") == 150 and overlay.get_parsed_content("crop_size") == [256, 256]
+
+
 def test_partition_1_32_of_our_83_slice_copy(tmp_path, monkeypatch, capsys):
     """1/32 of an 83-slice training stack (our Lucchi++ copy): floor(83 / 32) = 2 labelled slices, listed
     in the run's first log line and in the MLflow / final_metrics partition record."""
