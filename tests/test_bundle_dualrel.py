@@ -346,7 +346,7 @@ def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
 
 def test_cpu_learns_600_is_cpu_learns_at_600_iterations(monkeypatch):
     """The overlay after cpu_learns.json resolves to what ``--num_iterations 600`` on cpu_learns.json gives (the
-    measured runs' command): 600 iterations, lr halved at 300 / 419 / 540, every term ramped over 150."""
+    measured runs' command): 600 iterations, lr halved at 300 / 419 / 540, every term but CPS ramped over 150, CPS over all 600."""
     from monai.bundle import ConfigParser
 
     monkeypatch.chdir(REPO)
@@ -362,6 +362,9 @@ def test_cpu_learns_600_is_cpu_learns_at_600_iterations(monkeypatch):
     # int() of 0.7 * 600 in floating point is 419: the measured runs halved the lr there
     assert overlay.get_parsed_content("lr_scheduler#milestones", instantiate=False) == [300, 419, 540]
     assert overlay.get_parsed_content("rampup_rpc") == 150 and overlay.get_parsed_content("crop_size") == [256, 256]
+    # CPS as the medical-image CPS code runs it (weight 0.1 ramped over the whole run, plain CE): no collapse
+    cps = overlay.get_parsed_content("terms")["cps"]
+    assert (cps.weight, cps.rampup_iterations, cps.loss.ohem_threshold, cps.loss.min_kept) == (0.1, 600, None, 0)
 
 
 def test_partition_1_32_of_our_83_slice_copy(tmp_path, monkeypatch, capsys):
