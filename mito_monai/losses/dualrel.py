@@ -87,26 +87,27 @@ class ReliablePrototypeConsistencyLoss(_Loss):
                 raise ValueError(
                     "use_reliability=False ignores reliabilities: pass none (so that the reliability head is not run)."
                 )
-            with no_autocast(prototypes_a.device):
-                distance = torch.linalg.vector_norm(prototypes_a.float() - prototypes_b.float(), ord=2, dim=-1)
-                return reduce_loss(distance, self.reduction)
-        if not isinstance(reliability, torch.Tensor) or not reliability.is_floating_point():
-            raise TypeError("reliability must be a floating point torch.Tensor of shape (B, K).")
-        if tuple(reliability.shape) != tuple(prototypes_a.shape[:2]):
-            raise ValueError(
-                f"reliability must have shape (B, K) = {tuple(prototypes_a.shape[:2])}, got {tuple(reliability.shape)}."
-            )
-        with torch.no_grad():
-            bad = ~((reliability > 0) & (reliability <= 1))
-            if bool(bad.any()):
+        else:
+            if not isinstance(reliability, torch.Tensor) or not reliability.is_floating_point():
+                raise TypeError("reliability must be a floating point torch.Tensor of shape (B, K).")
+            if tuple(reliability.shape) != tuple(prototypes_a.shape[:2]):
                 raise ValueError(
-                    "reliability must lie in (0, 1], got values in "
-                    f"[{reliability.min().item():.6g}, {reliability.max().item():.6g}] "
-                    f"({int(bad.sum())} outside, NaN included)."
+                    f"reliability must have shape (B, K) = {tuple(prototypes_a.shape[:2])}, "
+                    f"got {tuple(reliability.shape)}."
                 )
+            with torch.no_grad():
+                bad = ~((reliability > 0) & (reliability <= 1))
+                if bool(bad.any()):
+                    raise ValueError(
+                        "reliability must lie in (0, 1], got values in "
+                        f"[{reliability.min().item():.6g}, {reliability.max().item():.6g}] "
+                        f"({int(bad.sum())} outside, NaN included)."
+                    )
         with no_autocast(prototypes_a.device):
-            r = reliability.float()
             distance = torch.linalg.vector_norm(prototypes_a.float() - prototypes_b.float(), ord=2, dim=-1)
+            if not self.use_reliability:
+                return reduce_loss(distance, self.reduction)
+            r = reliability.float()
             terms = torch.exp(1.0 - 1.0 / r) * distance - self.reg_weight * r
             return reduce_loss(terms, self.reduction)
 
