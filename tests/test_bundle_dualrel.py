@@ -257,6 +257,12 @@ def test_partitions_and_schedule(demo, monkeypatch):
     assert parser.get_parsed_content("partition_info") == expected
     parser = _parser(demo, seed=5)
     assert parser.get_parsed_content("partition_info") == partition_split("lucchi_pp", demo / "target", "train", "1/8", 5)
+    # --partition_sampling contiguous: the labelled slices are one block, the rest feed the unlabelled loader
+    parser = _parser(demo, seed=5, partition="1/4", partition_sampling="contiguous")
+    expected = partition_split("lucchi_pp", demo / "target", "train", "1/4", 5, "contiguous")
+    assert parser.get_parsed_content("partition_info") == expected
+    assert parser.get_parsed_content("train#dataset").slices == list(range(expected.labelled[0], expected.labelled[0] + 4))
+    assert parser.get_parsed_content("train#unlabelled_dataset").slices == list(expected.unlabelled)
     # the two branches start from different, seed-derived initialisations
     net = parser.get_parsed_content("network")
     assert not torch.equal(net.branches[0].mito_filters, net.branches[1].mito_filters)

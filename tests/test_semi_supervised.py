@@ -244,8 +244,32 @@ def test_partition_is_deterministic_disjoint_and_seeded():
     # the same draw numpy makes, so the slices are reproducible outside the package
     assert list(a.labelled) == sorted(np.random.default_rng(3).choice(165, 20, replace=False).tolist())
     assert a.as_dict() == {"partition": "1/8", "seed": 3, "num_labelled": 20, "num_unlabelled": 145,
-                           "labelled_slices": list(a.labelled)}
+                           "labelled_slices": list(a.labelled), "sampling": "random"}
     assert partition_slices(10, "full").unlabelled == ()
+    # the default is the papers' random draw, unchanged: numpy's choice without replacement
+    expected = np.sort(np.random.default_rng(3).choice(165, size=20, replace=False))
+    assert a.labelled == tuple(int(z) for z in expected) and a == partition_slices(165, "1/8", 3, "random")
+
+
+def test_contiguous_partition_is_one_seeded_block():
+    starts = set()
+    for seed in range(40):
+        p = partition_slices(83, "1/8", seed, sampling="contiguous")
+        start = p.labelled[0]
+        # ten consecutive slices inside the stack, the rest unlabelled, and the draw reproducible
+        assert p.labelled == tuple(range(start, start + 10)) and 0 <= start <= 73
+        assert sorted(p.labelled + p.unlabelled) == list(range(83)) and len(p.unlabelled) == 73
+        assert p == partition_slices(83, "1/8", seed, sampling="contiguous")
+        assert p.sampling == "contiguous" and p.as_dict()["sampling"] == "contiguous"
+        # the start is the seed's first uniform draw from 0 .. 73 (hand-written reference)
+        assert start == int(np.random.default_rng(seed).integers(0, 74))
+        starts.add(start)
+    assert len(starts) > 20  # the seed moves the block
+    # a block as long as the stack is the stack; one slice is a block of one
+    assert partition_slices(7, "full", 2, sampling="contiguous").labelled == tuple(range(7))
+    assert len(partition_slices(7, "1/32", 2, sampling="contiguous").labelled) == 1
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        partition_slices(83, "1/8", 0, sampling="block")
 
 
 def test_partition_split_probes_the_stack_depth(tmp_path):
@@ -253,3 +277,5 @@ def test_partition_split_probes_the_stack_depth(tmp_path):
     p = partition_split("lucchi_pp", root / "target", "train", "1/2", seed=1)
     assert len(p.labelled) == 4 and len(p.unlabelled) == 5
     assert p == partition_slices(9, "1/2", 1)
+    q = partition_split("lucchi_pp", root / "target", "train", "1/2", seed=1, sampling="contiguous")
+    assert q == partition_slices(9, "1/2", 1, "contiguous") and q.labelled == tuple(range(q.labelled[0], q.labelled[0] + 4))

@@ -31,6 +31,7 @@ from mito_monai.data.volume import SlabBoxWriter, Volume, box_to_str, open_volum
 from mito_monai.data.zarr_store import ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_zarr_volume
 from mito_monai.data.partitions import (
     PARTITIONS,
+    SAMPLINGS,
     Partition,
     labelled_count,
     parse_partition,
@@ -85,6 +86,7 @@ __all__ = [
     "ensure_demo_data",
     "default_demo_root",
     "PARTITIONS",
+    "SAMPLINGS",
     "Partition",
     "labelled_count",
     "parse_partition",

@@ -6,8 +6,15 @@ these are 5, 10, 20 and 82 labelled slices; on the 400-slice MitoEM training sta
 Both tables are ``floor(fraction * num_slices)`` (at least one slice), the rule used here for any stack,
 so a copy that keeps every second slice of Lucchi++ (83 slices) gets 2, 5, 10 and 41.
 
-The labelled slices are drawn without replacement by ``numpy.random.default_rng(seed)``: the same
-(number of slices, partition, seed) always gives the same slices, on any machine.
+Two samplings of the labelled slices, both by ``numpy.random.default_rng(seed)`` so that the same
+(number of slices, partition, seed, sampling) always gives the same slices, on any machine:
+
+- ``"random"`` (the papers' protocol): the slices are drawn without replacement from the whole stack, so
+  the labels span its full depth;
+- ``"contiguous"``: one block of consecutive slices whose first slice is drawn uniformly - what an annotator
+  who labels a run of neighbouring sections gives, and a harder protocol: neighbouring EM sections are
+  nearly the same image, so the labels cover less of the stack's variation and the unlabelled slices have
+  more to add.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 
 from mito_monai.data.layouts import open_split
 
-__all__ = ["PARTITIONS", "Partition", "labelled_count", "parse_partition", "partition_slices", "partition_split"]
+__all__ = ["PARTITIONS", "SAMPLINGS", "Partition", "labelled_count", "parse_partition", "partition_slices", "partition_split"]
 
 #: the partition protocols of the SSL papers, by name
 PARTITIONS: dict[str, Fraction] = {
@@ -32,6 +39,9 @@ PARTITIONS: dict[str, Fraction] = {
     "full": Fraction(1, 1),
 }
 
+#: how the labelled slices are chosen: spread over the stack or one block of neighbouring slices
+SAMPLINGS: tuple[str, ...] = ("random", "contiguous")
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -42,12 +52,14 @@ class Partition:
         unlabelled: sorted z indices used without labels (the rest).
         fraction: the partition protocol, e.g. ``Fraction(1, 8)``.
         seed: the seed the labelled slices were drawn with.
+        sampling: ``"random"`` (spread over the stack) or ``"contiguous"`` (one block), see :data:`SAMPLINGS`.
     """
 
     labelled: tuple[int, ...]
     unlabelled: tuple[int, ...]
     fraction: Fraction
     seed: int
+    sampling: str = "random"
 
     @property
     def name(self) -> str:
@@ -62,6 +74,7 @@ class Partition:
             "num_labelled": len(self.labelled),
             "num_unlabelled": len(self.unlabelled),
             "labelled_slices": list(self.labelled),
+            "sampling": self.sampling,
         }
 
 
@@ -99,29 +112,47 @@ def labelled_count(num_slices: int, partition: str | float | Fraction) -> int:
     return max(1, int(parse_partition(partition) * int(num_slices)))
 
 
-def partition_slices(num_slices: int, partition: str | float | Fraction, seed: int = 0) -> Partition:
+def partition_slices(
+    num_slices: int, partition: str | float | Fraction, seed: int = 0, sampling: str = "random"
+) -> Partition:
     """Draw the labelled slices of a ``num_slices`` stack for ``partition`` with ``seed``.
 
     Args:
         num_slices: depth of the training stack.
         partition: ``"1/32"``, ``"1/16"``, ``"1/8"``, ``"1/4"``, ``"1/2"``, ``"full"`` or a fraction in (0, 1].
         seed: non-negative integer; the same seed gives the same slices.
+        sampling: ``"random"``: ``count`` slices drawn without replacement from the whole stack;
+            ``"contiguous"``: the ``count`` consecutive slices ``start .. start + count - 1``, ``start`` drawn
+            uniformly from ``0 .. num_slices - count``.
 
     Returns:
         a :class:`Partition`; ``unlabelled`` is empty for ``"full"``.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, got {sampling!r}.")
     count = labelled_count(num_slices, partition)
     rng = np.random.default_rng(int(seed))
-    chosen = np.sort(rng.choice(int(num_slices), size=count, replace=False))
+    if sampling == "random":
+        chosen = np.sort(rng.choice(int(num_slices), size=count, replace=False))
+    else:
+        start = int(rng.integers(0, int(num_slices) - count + 1))
+        chosen = np.arange(start, start + count)
     labelled = tuple(int(z) for z in chosen)
     unlabelled = tuple(sorted(set(range(int(num_slices))) - set(labelled)))
-    return Partition(labelled=labelled, unlabelled=unlabelled, fraction=parse_partition(partition), seed=int(seed))
+    return Partition(
+        labelled=labelled, unlabelled=unlabelled, fraction=parse_partition(partition), seed=int(seed), sampling=sampling
+    )
 
 
 def partition_split(
-    layout: str, root: str | os.PathLike, split: str, partition: str | float | Fraction, seed: int = 0
+    layout: str,
+    root: str | os.PathLike,
+    split: str,
+    partition: str | float | Fraction,
+    seed: int = 0,
+    sampling: str = "random",
 ) -> Partition:
     """:func:`partition_slices` for the depth of ``split`` of the dataset ``layout`` under ``root``.
 
@@ -133,4 +164,4 @@ def partition_split(
     image, _ = open_split(layout, root, split, with_label=False)
     with image:
         depth = int(image.shape[0])
-    return partition_slices(depth, partition, seed)
+    return partition_slices(depth, partition, seed, sampling)
