@@ -12,9 +12,9 @@ Two samplings of the labelled slices, both by ``numpy.random.default_rng(seed)``
 - ``"random"`` (the papers' protocol): the slices are drawn without replacement from the whole stack, so
   the labels span its full depth;
 - ``"contiguous"``: one block of consecutive slices whose first slice is drawn uniformly - what an annotator
-  who labels a run of neighbouring sections gives, and a harder protocol: neighbouring EM sections are
-  nearly the same image, so the labels cover less of the stack's variation and the unlabelled slices have
-  more to add.
+  who labels a run of neighbouring sections gives. Neighbouring EM sections are nearly the same image, so
+  the labels cover less of the stack's depth; on our Lucchi++ copy at 1/8 this did not make supervised-only
+  worse (``docs/results.md``, "A harder split?").
 """
 
 from __future__ import annotations
