@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from monai.engines.utils import IterationEvents
+from torch.optim.swa_utils import update_bn
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
@@ -37,6 +38,18 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
     which is updated with ``teacher.update_parameters(network)`` after every optimiser step (and once
     before the first step, so that it starts from the network's weights, a warm start included).
 
+    Source-free adaptation (``source_free=True``): ``train_data_loader`` itself yields the unlabelled
+    target batches (the two views) and there is no labelled batch, no supervised term and no source
+    forward pass; ``loss_function`` is not used and may be None. Terms that read source quantities
+    (``source_*``) are refused. Start from a source model (a warm start) and use a teacher: without
+    labels the only signal is the weak view's prediction.
+
+    BatchNorm re-estimation on the target (``bn_adaptation_batches=N``, AdaBN, Li et al. 2016): before
+    the first step of a fresh run (not of a resumed one, whose statistics come from its checkpoint),
+    every BatchNorm layer of the network forgets its running statistics and re-estimates them as the
+    plain average over N weak target batches (``torch.optim.swa_utils.update_bn``); a teacher then
+    starts from these statistics. Nothing else of the network changes.
+
     BatchNorm of the weak pass (``weak_bn``): ``"train"`` (default) normalises the weak target batch
     with its own statistics; for the network itself this also updates its running statistics with
     target data, so a step updates them three times (source, weak, strong passes, in that order) and
@@ -63,6 +76,9 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         teacher: optional EMA teacher of ``network`` for the weak view (see above); must have
             ``update_parameters(network)``.
         weak_bn: ``"train"`` or ``"eval"``: BatchNorm mode of the weak (no-gradient) pass.
+        source_free: adapt without source data (see above).
+        bn_adaptation_batches: number of target batches for the BatchNorm re-estimation before the first
+            step (0: off).
     """
 
     def __init__(
@@ -80,6 +96,8 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         amp_dtype: torch.dtype | str = torch.bfloat16,
         teacher: nn.Module | None = None,
         weak_bn: str = "train",
+        source_free: bool = False,
+        bn_adaptation_batches: int = 0,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
         amp: bool = False,
@@ -100,6 +118,23 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
             **kwargs,
         )
         self._set_terms(terms, DOMAIN_ADAPTATION_INPUTS)
+        self.source_free = bool(source_free)
+        if self.source_free:
+            sourced = sorted(
+                name for name, term in self.active_terms.items() if any(i.startswith("source_") for i in term.inputs)
+            )
+            if sourced:
+                raise ValueError(
+                    f"source_free=True: terms {sourced} read source data; switch them off for source-free adaptation."
+                )
+            if not self.active_terms:
+                raise ValueError("source_free=True needs at least one active target term (e.g. 'reg' with a teacher).")
+            target_data_loader = train_data_loader  # the main loader carries the target views
+        if isinstance(bn_adaptation_batches, bool) or not isinstance(bn_adaptation_batches, int) or bn_adaptation_batches < 0:
+            raise ValueError(f"bn_adaptation_batches must be an integer >= 0, got {bn_adaptation_batches!r}.")
+        if bn_adaptation_batches and target_data_loader is None:
+            raise ValueError("bn_adaptation_batches > 0 re-estimates BatchNorm on the target: give target_data_loader.")
+        self.bn_adaptation_batches = bn_adaptation_batches
         if self.active_terms and target_data_loader is None:
             raise ValueError(
                 f"terms {sorted(self.active_terms)} act on the target domain, but no target_data_loader was given."
@@ -148,11 +183,48 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
                     buffer.copy_(value)
             self.network.train()
 
+    def adapt_batchnorm(self) -> int:
+        """Re-estimate the network's BatchNorm running statistics on ``bn_adaptation_batches`` weak target
+        batches (a fresh pass of the target loader); returns the number of batches used."""
+        loader = self.target_data_loader
+        key, device = self.target_weak_key, self.state.device
+
+        def images():
+            for i, raw in enumerate(cycle(loader)):
+                if i >= self.bn_adaptation_batches:
+                    return
+                if key not in raw:
+                    raise KeyError(f"target batch lacks {key!r} (has {sorted(raw)}) for the BatchNorm re-estimation.")
+                yield raw[key].to(device)
+
+        update_bn(images(), self.network)
+        return self.bn_adaptation_batches
+
+    def _target_views(self, raw: Mapping) -> dict[str, torch.Tensor]:
+        target = {
+            key: raw[key].to(self.state.device, non_blocking=self.non_blocking)
+            for key in (self.target_weak_key, self.target_strong_key)
+            if key in raw
+        }
+        missing = [k for k in (self.target_weak_key, self.target_strong_key) if k not in target]
+        if missing:
+            raise KeyError(
+                f"target batch lacks {missing} (has {sorted(raw)}); the target transform must end with "
+                "mito_monai.transforms.WeakStrongViewsd."
+            )
+        return target
+
     def _iteration(self, engine: DomainAdaptationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
+        if self.bn_adaptation_batches and engine.state.iteration == 1:  # a fresh run, before its first step
+            self.adapt_batchnorm()
+        if self.source_free:
+            target = self._target_views(batchdata)
+            inputs, targets = target[self.target_weak_key], None
+        else:
+            batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+            inputs, targets = batch[0], batch[1]
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -160,32 +232,25 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         if self.teacher is not None and int(getattr(self.teacher, "n_averaged", 1)) == 0:
             self.teacher.update_parameters(engine.network)  # start from the network's (warm-start) weights
 
-        target = None
-        if self._needs_weak or self._needs_strong:
-            raw = self._next_second_batch()
-            target = {
-                key: raw[key].to(engine.state.device, non_blocking=engine.non_blocking)
-                for key in (self.target_weak_key, self.target_strong_key)
-                if key in raw
-            }
-            missing = [k for k in (self.target_weak_key, self.target_strong_key) if k not in target]
-            if missing:
-                raise KeyError(
-                    f"target batch lacks {missing} (has {sorted(raw)}); the target transform must end with "
-                    "mito_monai.transforms.WeakStrongViewsd."
-                )
-
+        if not self.source_free:
+            needs_target = self._needs_weak or self._needs_strong
+            target = self._target_views(self._next_second_batch()) if needs_target else None
         with self._autocast():
-            quantities: dict[str, torch.Tensor] = {"source_labels": targets}
-            logits, feats = self._forward(inputs, self._needs_source_features)
-            quantities["source_logits"] = logits
-            if feats is not None:
-                quantities["source_features"] = feats
-            engine.state.output[Keys.PRED] = logits
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            sup = engine.loss_function(logits, targets).mean()
-            total = sup
-            losses = {"loss_sup": sup.detach()}
+            quantities: dict[str, torch.Tensor] = {}
+            if self.source_free:
+                total = torch.zeros((), device=engine.state.device)
+                losses: dict[str, torch.Tensor] = {}
+            else:
+                quantities["source_labels"] = targets
+                logits, feats = self._forward(inputs, self._needs_source_features)
+                quantities["source_logits"] = logits
+                if feats is not None:
+                    quantities["source_features"] = feats
+                engine.state.output[Keys.PRED] = logits
+                engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+                sup = engine.loss_function(logits, targets).mean()
+                total = sup
+                losses = {"loss_sup": sup.detach()}
             if target is not None:
                 if self._needs_weak:
                     w_logits, w_feats = self._weak_forward(target[self.target_weak_key])
@@ -198,6 +263,9 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
                     quantities["target_logits_strong"] = s_logits
                     if s_feats is not None:
                         quantities["target_features_strong"] = s_feats
+                    if self.source_free:
+                        engine.state.output[Keys.PRED] = s_logits
+                        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             total = self._add_terms(engine, quantities, total, losses, step)
         engine.state.output[Keys.LOSS] = total
         engine.state.output.update(losses)

@@ -110,7 +110,7 @@ def require_checkpoint(path: str | os.PathLike, what: str) -> str:
 
 
 def init_from_checkpoint(
-    network: torch.nn.Module, path: str | os.PathLike | None, key: str = "model"
+    network: torch.nn.Module, path: str | os.PathLike | None, key: str = "model", required: str | None = None
 ) -> torch.nn.Module:
     """Initialise ``network`` from a saved model before training (a warm start), in place.
 
@@ -118,13 +118,19 @@ def init_from_checkpoint(
     ``checkpoint_iteration=N.pt`` whose ``key`` entry is the model's state dict. It is loaded with
     ``weights_only=True`` and must fit the network exactly (same keys, same shapes); otherwise a
     ``ValueError`` names the file and the first mismatches. Only the weights are taken: optimiser,
-    iteration counter and schedules start afresh. ``None`` or ``""`` leaves the network as it is.
+    iteration counter and schedules start afresh. ``None`` or ``""`` leaves the network as it is, unless
+    ``required`` is given: then it is a ``ValueError`` with that message (a run that cannot start from
+    random weights, such as source-free adaptation).
 
     Returns:
         ``network`` (so a config can write ``$init_from_checkpoint(@network, @init_checkpoint)``).
     """
     if path is None or str(path) in ("", "None", "none"):
+        if required:
+            raise ValueError(f"no warm start given: {required}.")
         return network
+    if required and not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist: {required}.")
     state = load_checkpoint(path, map_location="cpu")
     if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
         state = state[key]
