@@ -218,3 +218,24 @@ def _messages(exc: BaseException | None) -> str:
         out.append(str(exc))
         exc = exc.__cause__ or exc.__context__
     return " | ".join(out)
+
+
+def test_shipped_source_model_loads_weights_only_into_the_inference_network():
+    """``models/source_vnc3.pt`` (trained on VNC III alone, the warm start of source-free adaptation) is
+    shipped, is a plain state dict (``weights_only=True``) and fits ``network_def`` of inference.json exactly."""
+    from monai.bundle import ConfigParser
+
+    bundle = REPO / "bundles" / "r4mito"
+    weights = bundle / "models" / "source_vnc3.pt"
+    assert weights.is_file(), f"{weights} is not shipped"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(state, strict=True)  # same keys and shapes
+    network.eval()
+    with torch.no_grad():
+        out = network(torch.rand(1, 1, 64, 64))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all()

@@ -29,6 +29,7 @@ from mito_monai.data.layouts import (
 )
 from mito_monai.data.volume import SlabBoxWriter, Volume, box_to_str, open_volume
 from mito_monai.data.zarr_store import ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_zarr_volume
+from mito_monai.data.class_balance import foreground_prior, label_foreground_fraction
 from mito_monai.data.partitions import (
     PARTITIONS,
     SAMPLINGS,
@@ -92,4 +93,6 @@ __all__ = [
     "parse_partition",
     "partition_slices",
     "partition_split",
+    "foreground_prior",
+    "label_foreground_fraction",
 ]

@@ -1,0 +1,50 @@
+"""The class balance of a labelled split: a prior for pseudo-labels on an unlabelled target."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mito_monai.data.layouts import load_split
+
+__all__ = ["foreground_prior", "label_foreground_fraction"]
+
+
+def label_foreground_fraction(layout: str, root: str | os.PathLike, split: str) -> float:
+    """The fraction of labelled voxels that are foreground (non-zero) in ``split`` of ``root``.
+
+    Raises:
+        ValueError: naming the split when it has no labels or is empty.
+    """
+    _, label = load_split(layout, root, split, with_label=True)
+    if label is None or label.size == 0:
+        raise ValueError(f"{root}: split {split!r} of layout {layout} has no labels to take a foreground fraction from.")
+    return float(np.count_nonzero(label)) / float(label.size)
+
+
+def foreground_prior(
+    value: float | str | None, layout: str, root: str | os.PathLike, split: str, source_free: bool = False
+) -> float | None:
+    """Resolve a config value for the pseudo-label class prior (``min_foreground_fraction``).
+
+    ``None`` / ``"none"`` -> None (off); ``"source"`` -> :func:`label_foreground_fraction` of the given
+    (source) split, which reads no target label; a number in (0, 1) -> itself. With ``source_free`` the
+    source is not read: ``"source"`` is an error (give the number).
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "false")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "source":
+        if source_free:
+            raise ValueError(
+                "pseudo_label_prior 'source' reads the source labels, which a source-free run does not have: "
+                "give the foreground fraction as a number (e.g. the one recorded with the source model)."
+            )
+        return label_foreground_fraction(layout, root, split)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"pseudo-label prior must be 'none', 'source' or a number in (0, 1), got {value!r}.") from None
+    if not 0.0 < number < 1.0:
+        raise ValueError(f"pseudo-label prior must be in (0, 1), got {number}.")
+    return number
