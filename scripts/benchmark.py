@@ -276,7 +276,7 @@ def write_stack(path: Path, depth: int, shape: tuple[int, int], fmt: str = "zarr
 
 
 def _inference_child(args) -> None:
-    from mito_monai.data import read_volume
+    from mito_monai.io import read_volume
     from mito_monai.inference import StackSegmenter
 
     depth = args._inference_depth

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mito_monai.data import make_demo_data, partition_split, read_volume
+from mito_monai.datasets import make_demo_data, partition_split
+from mito_monai.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "dualrel" / "configs"
@@ -178,7 +179,7 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
     np.testing.assert_array_equal(mask > 0, prob >= 0.5)
     assert (seg_dir / "summary.json").is_file() and list(seg_dir.glob("preview_z*.png"))
 
-    from mito_monai.data import load_split
+    from mito_monai.datasets import load_split
     from mito_monai.metrics import segmentation_metrics
 
     # --output_format zarr: one OME-Zarr store, the same probabilities

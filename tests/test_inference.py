@@ -10,7 +10,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from mito_monai.data import read_volume, write_volume
+from mito_monai.io import read_volume, write_volume
 from mito_monai.inference import SliceSource, StackSegmenter, normalize_slice
 
 
@@ -114,7 +114,7 @@ def test_bad_input_names_the_file_and_slice(tmp_path):
 
 
 def test_a_file_that_is_not_a_tiff_is_a_data_error_naming_it(tmp_path):
-    from mito_monai.data import DataError
+    from mito_monai.io import DataError
 
     bad = tmp_path / "stack.tif"
     bad.write_bytes(b"junk, not a TIFF header")

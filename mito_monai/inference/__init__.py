@@ -1,6 +1,6 @@
 """Whole-volume inference: any number of slices of any size, block by block, streamed to disk."""
 
-from mito_monai.data.volume import Volume as SliceSource  # the lazy reader that inference used to have
+from mito_monai.io.volume import Volume as SliceSource  # the lazy reader that inference used to have
 from mito_monai.inference.autocast import AutocastInferer
 from mito_monai.inference.blocks import Block, BlockPlan, window_starts
 from mito_monai.inference.executors import DaskExecutor, InProcessExecutor, make_executor

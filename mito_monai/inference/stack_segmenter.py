@@ -16,7 +16,14 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer
 from torch import nn
 
-from mito_monai.data import DataError, SlabBoxWriter, ZarrBoxWriter, create_ome_zarr_image, open_volume, open_volume_writer
+from mito_monai.io import (
+    DataError,
+    SlabBoxWriter,
+    ZarrBoxWriter,
+    create_ome_zarr_image,
+    open_volume,
+    open_volume_writer,
+)
 from mito_monai.inference.blocks import Block, BlockPlan, fitted_window, window_starts
 from mito_monai.inference.executors import make_executor
 from mito_monai.inference.tasks import BlocksDone, BlockSegmentation, SliceStats, merge_slice_stats
@@ -105,7 +112,7 @@ class StackSegmenter:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         if checkpoint is not None:
-            from mito_monai.handlers.checkpoint import load_checkpoint
+            from mito_monai.runtime.checkpoint_files import load_checkpoint
 
             state = load_checkpoint(checkpoint, map_location=self.device)
             if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mito_monai.data import open_volume
+from mito_monai.io import open_volume
 from mito_monai.inference.blocks import BlockPlan
 
 __all__ = ["SliceStats", "merge_slice_stats", "BlockSegmentation", "BlocksDone"]

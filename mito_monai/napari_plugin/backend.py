@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = [
     "BUNDLES",
@@ -128,7 +128,7 @@ def label_instances(mask: np.ndarray) -> np.ndarray:
 
 def _write_target_dataset(root: Path, image: np.ndarray, label: np.ndarray | None) -> None:
     """``root/{train,test}/images`` (+ ``test/labels``) in the ``folder`` layout: the target volume for training and scoring."""
-    from mito_monai.data import write_volume
+    from mito_monai.io import write_volume
 
     stack = _as_zyx(image).astype(np.float32)
     write_volume(root / "train" / "images" / "volume.tif", stack, overwrite=True)
