@@ -351,17 +351,17 @@ def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
     assert inferer.enabled and inferer.dtype in (torch.bfloat16, "bfloat16")
 
 
-def test_cpu_learns_600_is_cpu_learns_at_600_iterations(monkeypatch):
-    """The overlay after cpu_learns.json resolves to what ``--num_iterations 600`` on cpu_learns.json gives (the
+def test_cpu_lucchi_pp_1_8_600_is_the_1200_protocol_at_600_iterations(monkeypatch):
+    """The overlay after cpu_lucchi_pp_1_8_1200.json resolves to what ``--num_iterations 600`` on cpu_lucchi_pp_1_8_1200.json gives (the
     measured runs' command): 600 iterations, lr halved at 300 / 419 / 540, every term but CPS ramped over 150, CPS over all 600."""
     from monai.bundle import ConfigParser
 
     monkeypatch.chdir(REPO)
-    files = [str(CONFIGS / "train.json"), str(CONFIGS / "protocols" / "cpu_learns.json")]
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "protocols" / "cpu_lucchi_pp_1_8_1200.json")]
     keys = ("num_iterations", "max_epochs", "lr_scheduler#milestones", "crop_size", "encoder_depth", "partition",
             "cps_ohem_threshold", "cps_min_kept", "rampup_mt", "rampup_cps", "rampup_rpc", "rampup_div")
     overlay, override = ConfigParser(), ConfigParser()
-    overlay.read_config(files + [str(CONFIGS / "protocols" / "cpu_learns_600.json")])
+    overlay.read_config(files + [str(CONFIGS / "protocols" / "cpu_lucchi_pp_1_8_600.json")])
     override.read_config(files)
     override["num_iterations"] = 600
     for key in keys:

@@ -7,12 +7,11 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from typing import Any
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.inferers import Inferer
 from torch import nn
 
 from mito_monai.inference.block_predictor import BlockPredictor, normalize_slice
@@ -56,25 +55,20 @@ class StackSegmenter:
     Slices smaller than the window are reflect-padded to it. The in-process run reads the next block in a
     background thread and writes the previous one in another while the network runs.
 
-    Args: those of :class:`~mito_monai.inference.block_predictor.BlockPredictor` (network, inferer, roi_size,
-        device, threshold, amp, checkpoint, channels_last, max_window).
+    Args:
+        network: the 2D network, or a ready :class:`~mito_monai.inference.block_predictor.BlockPredictor`.
+        predictor_options: the other arguments of :class:`~mito_monai.inference.block_predictor.BlockPredictor`
+            (``inferer``, ``roi_size``, ``device``, ``threshold``, ``amp``, ``checkpoint``, ``channels_last``,
+            ``max_window``), by keyword; none with a ready predictor.
     """
 
-    def __init__(
-        self,
-        network: nn.Module,
-        inferer: Inferer | None = None,
-        roi_size: Sequence[int] = (512, 512),
-        device: str | torch.device = "cpu",
-        threshold: float = 0.5,
-        amp: bool = False,
-        checkpoint: str | os.PathLike | None = None,
-        channels_last: bool = False,
-        max_window: int | None = None,
-    ) -> None:
-        self.predictor = BlockPredictor(
-            network, inferer, roi_size, device, threshold, amp, checkpoint, channels_last, max_window
-        )
+    def __init__(self, network: nn.Module | BlockPredictor, **predictor_options: Any) -> None:
+        if isinstance(network, BlockPredictor):
+            if predictor_options:
+                raise ValueError(f"a ready BlockPredictor takes no more options, got {sorted(predictor_options)}.")
+            self.predictor = network
+        else:
+            self.predictor = BlockPredictor(network, **predictor_options)
         self.logger = logging.getLogger(__name__)
 
     @property
