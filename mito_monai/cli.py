@@ -22,7 +22,7 @@ def dataset_info(name: str, root: str) -> None:
 
     Layouts: vnc3, lucchi, lucchi_pp, mitoem, folder.
     """
-    from mito_monai.data import dataset_info as _info
+    from mito_monai.datasets import dataset_info as _info
 
     _print_json(_info(name, root))
 
@@ -50,7 +50,7 @@ def evaluate(
     """
     import numpy as np
 
-    from mito_monai.data import DataError, open_volume
+    from mito_monai.io import DataError, open_volume
 
     # every stack goes through the lazy volume API: shapes are compared before any voxel is read
     with open_volume(prediction, prediction_key) as pv, open_volume(label, label_key, label=not instances) as lv:
@@ -127,14 +127,14 @@ def instances(
 
 def download(name: str, root: str, overwrite: bool = False) -> None:
     """Download a public dataset (vnc3, lucchi, lucchi_pp, mitoem) and unpack it into its layout under ROOT."""
-    from mito_monai.data.download import download_dataset
+    from mito_monai.datasets import download_dataset
 
     _print_json({"dataset": name, "root": str(download_dataset(name, root, overwrite=overwrite))})
 
 
 def make_demo(root: str | None = None, seed: int = 0) -> None:
     """Write (or reuse) the built-in demo domains: ROOT/source (vnc3 layout), ROOT/target (lucchi_pp layout)."""
-    from mito_monai.data import default_demo_root, ensure_demo_data
+    from mito_monai.datasets import default_demo_root, ensure_demo_data
 
     _print_json({"root": str(ensure_demo_data(root or default_demo_root(), seed=seed))})
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m mito_monai`` and ``mito-monai``."""
     import fire
 
-    from mito_monai.data import DataError
+    from mito_monai.io import DataError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

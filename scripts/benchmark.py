@@ -219,10 +219,10 @@ def _plain_forward(seg, shape: tuple[int, int], depth: int) -> float:
     """Voxels/s of the bare float32 network on whole slices (batch 1, no windows, no I/O), after one warm-up."""
     x = torch.rand(1, 1, *shape, device=seg.device)
     amp, seg.amp = seg.amp, False
-    seg._forward(x[..., : min(shape[0], 64), : min(shape[1], 64)])
+    seg.predictor.forward_windows(x[..., : min(shape[0], 64), : min(shape[1], 64)])
     t0 = time.perf_counter()
     for _ in range(depth):
-        seg._forward(x)
+        seg.predictor.forward_windows(x)
     if seg.device.type == "cuda":
         torch.cuda.synchronize()
     seg.amp = amp
@@ -231,7 +231,7 @@ def _plain_forward(seg, shape: tuple[int, int], depth: int) -> float:
 
 def _time_network(seg) -> list[float]:
     """Make ``seg`` add the seconds its network runs to the returned one-element list."""
-    spent, forward = [0.0], seg._forward
+    spent, forward = [0.0], seg.predictor.forward_windows
 
     def timed(x):
         t0 = time.perf_counter()
@@ -239,7 +239,7 @@ def _time_network(seg) -> list[float]:
         spent[0] += time.perf_counter() - t0
         return out
 
-    seg._forward = timed
+    seg.predictor.forward_windows = timed
     return spent
 
 
@@ -276,7 +276,7 @@ def write_stack(path: Path, depth: int, shape: tuple[int, int], fmt: str = "zarr
 
 
 def _inference_child(args) -> None:
-    from mito_monai.data import read_volume
+    from mito_monai.io import read_volume
     from mito_monai.inference import StackSegmenter
 
     depth = args._inference_depth

@@ -38,7 +38,7 @@ def main() -> None:
     import zarr
     from monai.bundle import ConfigParser
 
-    from mito_monai.data import read_volume
+    from mito_monai.io import read_volume
     from mito_monai.inference import StackSegmenter
 
     parser = ConfigParser()

@@ -38,7 +38,7 @@ def napari_screenshot(model: Path, out: Path, settings: str) -> Path:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from mito_monai.data import default_demo_root, ensure_demo_data, load_split
+    from mito_monai.datasets import default_demo_root, ensure_demo_data, load_split
     from mito_monai.napari_plugin.widgets import SegmentWidget
 
     image, _ = load_split("lucchi_pp", Path(ensure_demo_data(default_demo_root())) / "target", "test")

@@ -18,7 +18,8 @@ sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # t
 from ddp_worker import run_then_exit, shard  # noqa: E402
 from test_semi_supervised import Slices, ce, terms_for  # noqa: E402
 
-from mito_monai.engines import SemiSupervisedTrainer, init_distributed, method_terms  # noqa: E402
+from mito_monai.engines import SemiSupervisedTrainer, method_terms  # noqa: E402
+from mito_monai.runtime import init_distributed  # noqa: E402
 from mito_monai.networks.nets import DualRelNet  # noqa: E402
 
 STEPS, GLOBAL_BATCH = 2, 4

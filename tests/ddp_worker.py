@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Subset
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # the tests and the repository
 from test_engines import Slices, TinyNet  # noqa: E402
 
-from mito_monai.engines import DomainAdaptationTrainer, LossTerm, init_distributed  # noqa: E402
+from mito_monai.engines import DomainAdaptationTrainer, LossTerm  # noqa: E402
+from mito_monai.runtime import init_distributed  # noqa: E402
 from mito_monai.losses import FeatureConsistencyLoss, PseudoLabelConsistencyLoss  # noqa: E402
 
 STEPS, GLOBAL_BATCH = 2, 4

@@ -13,7 +13,7 @@ import zarr
 from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 
-from mito_monai.data import read_volume
+from mito_monai.io import read_volume
 from mito_monai.inference import BlockPlan, BlockSegmentation, StackSegmenter, window_starts
 from mito_monai.inference.blocks import fitted_window
 from mito_monai.networks.nets import MitoUNet
@@ -229,7 +229,7 @@ def test_reading_ahead_and_writing_behind_gives_the_serial_output(tmp_path, monk
 
 @pytest.mark.parametrize("pipeline", [True, False])
 def test_a_chunk_that_breaks_during_the_run_is_the_same_one_line_error_naming_the_block(tmp_path, monkeypatch, pipeline):
-    from mito_monai.data import DataError
+    from mito_monai.io import DataError
     from mito_monai.inference import stack_segmenter
 
     vol = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mito_monai.data import make_demo_data, read_volume
+from mito_monai.datasets import make_demo_data
+from mito_monai.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "r4mito" / "configs"
@@ -106,7 +107,7 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     np.testing.assert_array_equal(mask > 0, prob >= 0.5)
     assert (seg_dir / "summary.json").is_file() and list(seg_dir.glob("preview_z*.png"))
 
-    from mito_monai.data import load_split
+    from mito_monai.datasets import load_split
     from mito_monai.metrics import segmentation_metrics
 
     _, label = load_split("lucchi_pp", demo / "target", "test")

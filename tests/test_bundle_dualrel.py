@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from mito_monai.data import make_demo_data, partition_split, read_volume
+from mito_monai.datasets import make_demo_data, partition_split
+from mito_monai.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "dualrel" / "configs"
@@ -178,7 +179,7 @@ def test_dualrel_train_resume_evaluate_infer_and_mlflow(tmp_path, demo, monkeypa
     np.testing.assert_array_equal(mask > 0, prob >= 0.5)
     assert (seg_dir / "summary.json").is_file() and list(seg_dir.glob("preview_z*.png"))
 
-    from mito_monai.data import load_split
+    from mito_monai.datasets import load_split
     from mito_monai.metrics import segmentation_metrics
 
     # --output_format zarr: one OME-Zarr store, the same probabilities
@@ -350,17 +351,17 @@ def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
     assert inferer.enabled and inferer.dtype in (torch.bfloat16, "bfloat16")
 
 
-def test_cpu_learns_600_is_cpu_learns_at_600_iterations(monkeypatch):
-    """The overlay after cpu_learns.json resolves to what ``--num_iterations 600`` on cpu_learns.json gives (the
+def test_cpu_lucchi_pp_1_8_600_is_the_1200_protocol_at_600_iterations(monkeypatch):
+    """The overlay after cpu_lucchi_pp_1_8_1200.json resolves to what ``--num_iterations 600`` on cpu_lucchi_pp_1_8_1200.json gives (the
     measured runs' command): 600 iterations, lr halved at 300 / 419 / 540, every term but CPS ramped over 150, CPS over all 600."""
     from monai.bundle import ConfigParser
 
     monkeypatch.chdir(REPO)
-    files = [str(CONFIGS / "train.json"), str(CONFIGS / "protocols" / "cpu_learns.json")]
+    files = [str(CONFIGS / "train.json"), str(CONFIGS / "protocols" / "cpu_lucchi_pp_1_8_1200.json")]
     keys = ("num_iterations", "max_epochs", "lr_scheduler#milestones", "crop_size", "encoder_depth", "partition",
             "cps_ohem_threshold", "cps_min_kept", "rampup_mt", "rampup_cps", "rampup_rpc", "rampup_div")
     overlay, override = ConfigParser(), ConfigParser()
-    overlay.read_config(files + [str(CONFIGS / "protocols" / "cpu_learns_600.json")])
+    overlay.read_config(files + [str(CONFIGS / "protocols" / "cpu_lucchi_pp_1_8_600.json")])
     override.read_config(files)
     override["num_iterations"] = 600
     for key in keys:

@@ -22,7 +22,8 @@ import pytest
 import tifffile
 import torch
 
-from mito_monai.data import make_demo_data, read_volume
+from mito_monai.datasets import make_demo_data
+from mito_monai.io import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("r4mito", "dualrel")

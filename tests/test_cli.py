@@ -11,7 +11,8 @@ import pytest
 import tifffile
 
 from mito_monai.cli import main
-from mito_monai.data import make_demo_data, write_volume
+from mito_monai.datasets import make_demo_data
+from mito_monai.io import write_volume
 from mito_monai.metrics import segmentation_metrics
 
 
@@ -26,7 +27,7 @@ def test_dataset_info_on_demo(tmp_path, capsys):
     info = _json_out(capsys, ["dataset-info", "--name", "lucchi_pp", "--root", str(root / "target")])
     assert set(info) == {"train", "test"}
     assert info["train"]["image_shape"] == [3, 64, 64] and info["train"]["dtype"] == "uint8"
-    from mito_monai.data import load_split
+    from mito_monai.datasets import load_split
 
     _, label = load_split("lucchi_pp", root / "target", "train")
     assert info["train"]["label_foreground_fraction"] == pytest.approx(label.mean())
@@ -72,7 +73,7 @@ def test_evaluate_bad_input_is_one_line(tmp_path, capsys):
 def test_evaluate_reads_zarr_and_ome_zarr_exactly_as_tiff(tmp_path, capsys):
     import zarr
 
-    from mito_monai.data import create_ome_zarr_image
+    from mito_monai.io import create_ome_zarr_image
 
     rng = np.random.default_rng(5)
     prob = rng.random((3, 16, 20)).astype(np.float32)

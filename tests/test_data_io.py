@@ -1,4 +1,4 @@
-"""Tests of mito_monai.data.io: readers, writers and their errors, on small generated files."""
+"""Tests of mito_monai.io: readers, writers and their errors, on small generated files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mito_monai.data import DataError, natural_sort_key, open_volume_writer, probe_volume, read_volume, write_volume
-from mito_monai.data.io import list_image_files, read_image_files, split_h5_path
+from mito_monai.io import DataError, natural_sort_key, open_volume_writer, read_volume, write_volume
+from mito_monai.io import list_image_files, read_image_files, split_h5_path
 
 # ITK's SWIG bindings emit DeprecationWarnings on import; they are not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:builtin type:DeprecationWarning")
@@ -202,22 +202,6 @@ def test_png_folder_write_and_read(tmp_path):
         write_volume(tmp_path / "float", vol.astype(np.float32))
 
 
-def test_probe_volume_matches_read_volume(tmp_path):
-    vol = _rng(12).integers(0, 255, (3, 4, 5), dtype=np.uint8)
-    paths = [
-        write_volume(tmp_path / "a.tif", vol),
-        write_volume(tmp_path / "a.h5", vol),
-        write_volume(tmp_path / "a.nii.gz", vol),
-        write_volume(tmp_path / "pngs", vol),
-    ]
-    for p in paths:
-        shape, dtype = probe_volume(p)
-        assert shape == (3, 4, 5) and dtype == np.uint8, p
-
-
-# ----------------------------------------------------------------------------------------------
-# bad inputs
-# ----------------------------------------------------------------------------------------------
 def test_missing_path(tmp_path):
     with pytest.raises(DataError, match="nothing_here.*does not exist"):
         read_volume(tmp_path / "nothing_here.tif")

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo domains (mito_monai.data.demo)."""
+"""Tests of the synthetic demo domains (mito_monai.datasets.demo)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from mito_monai.data import DataError, dataset_info, default_demo_root, ensure_demo_data, load_split, make_demo_data
-from mito_monai.data.demo import DEMO_MARKER, DEMO_VERSION, SOURCE_STYLE, TARGET_STYLE, render_domain
+from mito_monai.datasets import dataset_info, default_demo_root, ensure_demo_data, load_split, make_demo_data
+from mito_monai.io import DataError
+from mito_monai.datasets.demo import DEMO_MARKER, DEMO_VERSION, SOURCE_STYLE, TARGET_STYLE, render_domain
 
 SLICES, SIZE = 8, 128
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mito_monai.engines import init_distributed, is_main_process
+from mito_monai.runtime import init_distributed, is_main_process
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -62,7 +62,7 @@ def test_two_processes_take_the_single_process_step_on_the_whole_batch(tmp_path)
 def test_multi_gpu_bundle_config_on_two_cpu_processes(tmp_path):
     """``multi_gpu_train.json`` over ``train.json``: both ranks train, rank 0 alone writes model.pt
     (without DDP's ``module.`` prefix), the periodic checkpoint and the final metrics."""
-    from mito_monai.data import make_demo_data
+    from mito_monai.datasets import make_demo_data
     from mito_monai.networks.nets import MitoUNet
 
     demo = make_demo_data(tmp_path / "demo", num_slices=3, size=128)
@@ -141,7 +141,7 @@ def test_dualrel_multi_gpu_bundle_config_on_two_cpu_processes(tmp_path):
     """dualrel's ``multi_gpu_train.json`` over ``train.json``: both ranks train DualRel, rank 0 alone writes
     model.pt (a DualRelNet state dict without DDP's ``module.`` prefix), prints the partition and scores the
     final model; the all-reduced figures are those of one process scoring the whole test stack."""
-    from mito_monai.data import make_demo_data, partition_split
+    from mito_monai.datasets import make_demo_data, partition_split
 
     demo = make_demo_data(tmp_path / "demo", num_slices=3, size=64)
     tiny = {

@@ -1,4 +1,4 @@
-"""Tests of mito_monai.data.download against a local HTTP server on 127.0.0.1 (no other address)."""
+"""Tests of mito_monai.datasets.download against a local HTTP server on 127.0.0.1 (no other address)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mito_monai.data import DataError, download_dataset, download_file, extract_archive, load_split, verify_file
-from mito_monai.data.download import DATASETS
+from mito_monai.datasets import download_dataset, download_file, extract_archive, load_split, verify_file
+from mito_monai.io import DataError
+from mito_monai.datasets import DATASETS
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -19,7 +19,8 @@ from mito_monai.engines import (
     sigmoid_rampup,
     supervised_domain,
 )
-from mito_monai.handlers import AtomicCheckpointSaver, atomic_torch_save, latest_checkpoint, load_checkpoint, resume_training
+from mito_monai.handlers import AtomicCheckpointSaver, resume_training
+from mito_monai.runtime import atomic_torch_save, latest_checkpoint, load_checkpoint
 
 
 class TinyNet(nn.Module):

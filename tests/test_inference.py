@@ -10,8 +10,8 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from mito_monai.data import read_volume, write_volume
-from mito_monai.inference import SliceSource, StackSegmenter, normalize_slice
+from mito_monai.io import Volume, read_volume, write_volume
+from mito_monai.inference import StackSegmenter, normalize_slice
 
 
 class Darkness(nn.Module):
@@ -38,7 +38,7 @@ def test_slice_source_reads_each_format_lazily(tmp_path, kind):
     vol = _stack()
     path = {"tif": tmp_path / "s.tif", "h5": tmp_path / "s.h5", "folder": tmp_path / "s", "nii": tmp_path / "s.nii.gz"}[kind]
     write_volume(path, vol)
-    with SliceSource(path) as src:
+    with Volume(path) as src:
         assert src.shape == vol.shape and len(src) == 3
         for z in range(3):
             np.testing.assert_array_equal(src[z], vol[z])
@@ -51,8 +51,8 @@ def test_slice_source_hdf5_key_errors_list_keys(tmp_path):
         f["raw"] = _stack()
         f["other"] = _stack()
     with pytest.raises(ValueError, match=r"'nope'.*'other', 'raw'"):
-        SliceSource(tmp_path / "v.h5", key="nope")
-    with SliceSource(str(tmp_path / "v.h5") + ":raw") as src:
+        Volume(tmp_path / "v.h5", key="nope")
+    with Volume(str(tmp_path / "v.h5") + ":raw") as src:
         assert src.shape == (3, 37, 45)
 
 
@@ -114,12 +114,12 @@ def test_bad_input_names_the_file_and_slice(tmp_path):
 
 
 def test_a_file_that_is_not_a_tiff_is_a_data_error_naming_it(tmp_path):
-    from mito_monai.data import DataError
+    from mito_monai.io import DataError
 
     bad = tmp_path / "stack.tif"
     bad.write_bytes(b"junk, not a TIFF header")
     with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
-        SliceSource(bad)
+        Volume(bad)
     seg = StackSegmenter(Darkness(), roi_size=(16, 16))
     with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
         seg.run(bad, tmp_path / "out")

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from mito_monai.cli import main
-from mito_monai.data import DataError, read_volume, write_volume
+from mito_monai.io import DataError, read_volume, write_volume
 from mito_monai.inference.instances import label_instances
 from mito_monai.metrics import instance_metrics
 
@@ -179,7 +179,7 @@ def test_watershed_does_not_depend_on_the_block_grid(tmp_path):
 
 
 def test_watershed_anisotropic_voxel_size_and_bad_input(tmp_path, capsys):
-    from mito_monai.data import create_ome_zarr_image
+    from mito_monai.io import create_ome_zarr_image
 
     # two 12-voxel cubes joined by a neck only 3 slices thick in z (full width in y): in voxels the neck is
     # 4 shallower than the cubes' centres (split); with z voxels 5x the y/x size it is as deep as they are

@@ -1,4 +1,4 @@
-"""Tests of mito_monai.data.layouts and EMSliceDataset on tiny generated datasets."""
+"""Tests of mito_monai.datasets and EMSliceDataset on tiny generated datasets."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mito_monai.data import (
-    DataError,
-    available_layouts,
-    dataset_info,
-    list_splits,
-    load_split,
-    split_files,
-    write_volume,
-)
-from mito_monai.data import layouts as layouts_module
+from mito_monai.datasets import available_layouts, dataset_info, list_splits, load_split, split_files
+from mito_monai.io import DataError, write_volume
+from mito_monai.datasets import mitoem as layouts_module
 
 
 def _volume(seed: int, shape=(3, 8, 10)) -> tuple[np.ndarray, np.ndarray]:
@@ -272,8 +265,8 @@ def test_folder_layout_without_images(tmp_path):
 # EMSliceDataset
 # ----------------------------------------------------------------------------------------------
 def test_em_slice_dataset(tmp_path):
-    from mito_monai.data import EMSliceDataset
-    from mito_monai.data.slices import clear_slice_cache
+    from mito_monai.datasets import EMSliceDataset
+    from mito_monai.datasets.slices import clear_slice_cache
 
     image, label = _volume(14, (5, 8, 10))
     root = make_vnc3(tmp_path / "vnc3", image, label)
@@ -314,7 +307,7 @@ def _zarr_folder_datasets(tmp_path, image, label):
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image
 
-    from mito_monai.data import create_ome_zarr_image
+    from mito_monai.io import create_ome_zarr_image
 
     write_volume(tmp_path / "tif" / "images.tif", image)
     write_volume(tmp_path / "tif" / "labels.tif", label * 255)
@@ -337,7 +330,7 @@ def test_zarr_datasets_train_like_tiff(tmp_path):
     from monai.data import DataLoader
     from monai.utils import set_determinism
 
-    from mito_monai.data import EMSliceDataset, partition_split
+    from mito_monai.datasets import EMSliceDataset, partition_split
     from mito_monai.transforms import train_transforms
 
     image, label = _volume(21, (6, 20, 24))

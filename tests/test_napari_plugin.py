@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mito_monai.data import load_split, make_demo_data
+from mito_monai.datasets import load_split, make_demo_data
 from mito_monai.napari_plugin.backend import AdaptationCancelled, adapt_to_volume, iter_segment, load_segmenter
 
 REPO = Path(__file__).resolve().parents[1]

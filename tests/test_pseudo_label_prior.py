@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mito_monai.data import foreground_prior, label_foreground_fraction, make_demo_data
+from mito_monai.datasets import foreground_prior, label_foreground_fraction, make_demo_data
 from mito_monai.losses import PseudoLabelConsistencyLoss
 from mito_monai.losses.consistency import prior_threshold
 
@@ -70,7 +70,7 @@ def test_prior_argument_validation():
 
 def test_foreground_prior_from_the_source_labels(tmp_path):
     root = make_demo_data(tmp_path / "demo", num_slices=3, size=128)
-    from mito_monai.data import load_split
+    from mito_monai.datasets import load_split
 
     _, label = load_split("vnc3", root / "source", "train", with_label=True)
     expected = np.count_nonzero(label) / label.size

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mito_monai.data import DataError, make_demo_data
+from mito_monai.datasets import make_demo_data
+from mito_monai.io import DataError
 from mito_monai.visualize import FIGURE_FILES, ReportData, SliceStatistics, append_history_record, pick_examples, read_history
 from mito_monai.visualize.figures import ERROR_COLOURS, error_overlay
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from mito_monai.data import labelled_count, make_demo_data, parse_partition, partition_slices, partition_split
+from mito_monai.datasets import labelled_count, make_demo_data, parse_partition, partition_slices, partition_split
 from mito_monai.engines import SSL_METHODS, LossTerm, SemiSupervisedTrainer, method_terms
 from mito_monai.losses import (
     CrossPseudoSupervisionLoss,

@@ -172,7 +172,7 @@ def test_batchnorm_reestimation_runs_once_in_a_fresh_run():
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    from mito_monai.data import make_demo_data
+    from mito_monai.datasets import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("demo"), num_slices=3, size=128)
 

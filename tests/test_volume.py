@@ -7,7 +7,7 @@ import pytest
 import tifffile
 import zarr
 
-from mito_monai.data import (
+from mito_monai.io import (
     DataError,
     SlabBoxWriter,
     ZarrBoxWriter,
@@ -178,19 +178,3 @@ def test_a_list_of_slice_files_is_a_volume(tmp_path):
     Image.fromarray(vol[0, :5]).save(tmp_path / "s0.png")
     with open_volume(files) as v, pytest.raises(DataError, match=r"s0.png: slice shape \(5, 7\) differs from s2.png"):
         v.read()
-
-
-def test_data_layer_imports_no_higher_layer():
-    """mito_monai.data (the lazy volume API included) never imports inference/, engines/ or any other layer."""
-    import ast
-    from pathlib import Path
-
-    import mito_monai.data
-
-    found = []
-    for path in sorted(Path(mito_monai.data.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            found += [(path.name, n) for n in names if n.startswith("mito_monai") and not n.startswith("mito_monai.data")]
-    assert found == []

@@ -13,7 +13,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
 from mito_monai.engines import DomainAdaptationTrainer, LossTerm
-from mito_monai.handlers import AtomicCheckpointSaver, LabelFreeSelection, init_from_checkpoint, resume_training
+from mito_monai.handlers import AtomicCheckpointSaver, LabelFreeSelection, resume_training
+from mito_monai.runtime import init_from_checkpoint
 from mito_monai.losses import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
 from mito_monai.metrics import LabelFreeScores, binary_entropy, mask_agreement
 

@@ -1,11 +1,5 @@
 """Ignite/MONAI training engines: one trainer per family of methods, methods as sets of loss terms."""
 
-from mito_monai.engines.distributed import (
-    distributed_device,
-    handlers_for_this_process,
-    init_distributed,
-    is_main_process,
-)
 from mito_monai.engines.domain_adaptation import DomainAdaptationTrainer
 from mito_monai.engines.two_loader import TwoLoaderTrainer, cycle
 from mito_monai.engines.loss_term import DOMAIN_ADAPTATION_INPUTS, SEMI_SUPERVISED_INPUTS, TERM_INPUTS, LossTerm
@@ -35,10 +29,6 @@ __all__ = [
     "TERM_INPUTS",
     "UNSUPERVISED_TERMS",
     "cycle",
-    "distributed_device",
-    "handlers_for_this_process",
-    "init_distributed",
-    "is_main_process",
     "method_terms",
     "num_epochs",
     "sigmoid_rampup",

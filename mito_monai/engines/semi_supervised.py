@@ -12,7 +12,6 @@ from torch import nn
 
 from mito_monai.engines.loss_term import SEMI_SUPERVISED_INPUTS, LossTerm
 from mito_monai.engines.two_loader import TwoLoaderTrainer
-from mito_monai.networks.nets.dualrel import DualRelBranchOutput
 
 __all__ = ["SemiSupervisedTrainer"]
 
@@ -149,11 +148,13 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
 
     @staticmethod
     def _store(out: Any, quantities: dict, suffix: str, num_labelled: int) -> None:
-        """Store one branch's quantities (its details, or the plain network's output) under ``suffix``."""
-        if isinstance(out, DualRelBranchOutput):
-            logits = out.log_probabilities
-            quantities["prototypes" + suffix] = out.prototypes
-            quantities["mito_features" + suffix] = out.mito_features
+        """Store one branch's quantities under ``suffix``: those of an output with ``loss_quantities()`` (a
+        mapping holding ``logits``, e.g. a DualRel branch's), or the plain network's output as ``logits``."""
+        if callable(getattr(out, "loss_quantities", None)):
+            named = dict(out.loss_quantities())
+            logits = named.pop("logits")
+            for name, value in named.items():
+                quantities[name + suffix] = value
         else:
             logits = out[0] if isinstance(out, (tuple, list)) else out
         quantities["logits" + suffix] = logits

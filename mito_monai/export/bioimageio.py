@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = ["BUNDLE_CARDS", "BundleCard", "export_bioimageio", "resolve_bundle"]
 
@@ -148,11 +148,11 @@ def _test_image(path: str | os.PathLike | None, divisor: int, size: int) -> np.n
     """(H, W) float32 test slice: the middle slice of ``path`` cropped to a multiple of ``divisor``, or a
     synthetic EM-like slice of the demo's target domain."""
     if path is None:
-        from mito_monai.data.demo import TARGET_STYLE, render_domain
+        from mito_monai.datasets.demo import TARGET_STYLE, render_domain
 
         image = render_domain(TARGET_STYLE, np.random.default_rng(0), 1, size)[0][0]
     else:
-        from mito_monai.data import open_volume
+        from mito_monai.io import open_volume
 
         with open_volume(path) as volume:  # only the middle slice is read
             z = volume.shape[0] // 2
@@ -209,7 +209,7 @@ def export_bioimageio(
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model import v0_5 as spec
 
-    from mito_monai.handlers.checkpoint import load_checkpoint
+    from mito_monai.runtime.checkpoint_files import load_checkpoint
 
     name, folder = resolve_bundle(bundle)
     card = BUNDLE_CARDS[name]

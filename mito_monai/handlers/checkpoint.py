@@ -1,11 +1,9 @@
-"""Atomic checkpoints: periodic training state for resuming, and the final model weights."""
+"""Checkpoint handlers: periodic training state for resuming (atomic saves), and resuming a run from it."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,155 +13,19 @@ import torch
 from ignite.engine import Engine, Events
 
 from mito_monai.handlers.random_state import TrainingRandomState
+from mito_monai.runtime.checkpoint_files import (
+    CHECKPOINT_FILE_PATTERN,
+    atomic_torch_save,
+    latest_checkpoint,
+    load_checkpoint,
+    unwrap_module,
+)
 
-__all__ = [
-    "AtomicCheckpointSaver",
-    "atomic_torch_save",
-    "init_from_checkpoint",
-    "latest_checkpoint",
-    "load_checkpoint",
-    "require_checkpoint",
-    "resume_training",
-    "run_state_objects",
-]
+__all__ = ["AtomicCheckpointSaver", "resume_training", "run_state_objects"]
 
 #: checkpoint keys of the run state the handlers add themselves (see :func:`run_state_objects`)
 RANDOM_STATE_KEY = "random_state"
 LOSS_TERMS_KEY = "loss_terms"
-
-_CKPT_RE = re.compile(r"^checkpoint_iteration=(\d+)\.pt$")
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, ``os.replace``, then fsync the directory.
-
-    A reader never sees a partial file; a save that fails (at any step) leaves the previous ``path``
-    untouched and no temporary file behind; after a successful return the new file survives a crash.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> str | None:
-    """The path of the newest ``checkpoint_iteration=N.pt`` in ``directory`` (largest N), or None."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return str(max(found)[1]) if found else None
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True`` and an error that names the file when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        first = str(e).splitlines()[0].split(". ")[0] if str(e) else ""
-        raise ValueError(
-            f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {first}); expected weights saved "
-            "with torch.save, loadable with weights_only=True."
-        ) from e
-
-
-def require_checkpoint(path: str | os.PathLike, what: str) -> str:
-    """
-    Fail early, before any data is read, when ``path`` is not a readable checkpoint; return it as a string.
-
-    Raises:
-        FileNotFoundError: naming ``path`` and ``what`` it should be, when there is no such file.
-        ValueError: naming ``path``, when it is not a PyTorch checkpoint loadable with ``weights_only=True``.
-    """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist: expected {what}.")
-    load_checkpoint(path)
-    return str(path)
-
-
-def init_from_checkpoint(
-    network: torch.nn.Module, path: str | os.PathLike | None, key: str = "model", required: str | None = None
-) -> torch.nn.Module:
-    """Initialise ``network`` from a saved model before training (a warm start), in place.
-
-    ``path`` is a ``model.pt`` state dict (what training writes at the end) or a training checkpoint
-    ``checkpoint_iteration=N.pt`` whose ``key`` entry is the model's state dict. It is loaded with
-    ``weights_only=True`` and must fit the network exactly (same keys, same shapes); otherwise a
-    ``ValueError`` names the file and the first mismatches. Only the weights are taken: optimiser,
-    iteration counter and schedules start afresh. ``None`` or ``""`` leaves the network as it is, unless
-    ``required`` is given: then it is a ``ValueError`` with that message (a run that cannot start from
-    random weights, such as source-free adaptation).
-
-    Returns:
-        ``network`` (so a config can write ``$init_from_checkpoint(@network, @init_checkpoint)``).
-    """
-    if path is None or str(path) in ("", "None", "none"):
-        if required:
-            raise ValueError(f"no warm start given: {required}.")
-        return network
-    if required and not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist: {required}.")
-    state = load_checkpoint(path, map_location="cpu")
-    if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
-        state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} holds no model state dict (expected model.pt or a checkpoint with '{key}').")
-    module = _unwrap(network)
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the network"
-             for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})")
-        raise ValueError(
-            f"{path} does not fit the network {type(module).__name__}: {'; '.join(parts)}. "
-            "Was it trained with other channels / another network?"
-        )
-    module.load_state_dict(state)
-    logging.getLogger(__name__).info(f"initialised {type(module).__name__} from {path}")
-    return network
-
-
-def _unwrap(obj: Any) -> Any:
-    """The module inside a ``DistributedDataParallel``/``DataParallel`` wrapper (so saved keys carry no
-    ``module.`` prefix, as ``monai.handlers.CheckpointLoader`` expects); anything else unchanged."""
-    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    return obj.module if isinstance(obj, wrappers) else obj
 
 
 def _backup_name(path: Path) -> Path:
@@ -273,12 +135,12 @@ class AtomicCheckpointSaver:
 
     def save_state(self, engine: Engine) -> Path:
         objects = {**self.save_dict, **(run_state_objects(engine) if self.run_state else {})}
-        state = {name: _unwrap(obj).state_dict() for name, obj in objects.items()}
+        state = {name: unwrap_module(obj).state_dict() for name, obj in objects.items()}
         if self.run_state:
             self._saved_random_state = state[RANDOM_STATE_KEY]
         path = atomic_torch_save(state, self.save_dir / f"checkpoint_iteration={engine.state.iteration}.pt")
         found = sorted(
-            (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := _CKPT_RE.match(p.name))
+            (int(m.group(1)), p) for p in self.save_dir.iterdir() if (m := CHECKPOINT_FILE_PATTERN.match(p.name))
         )
         for _, old in found[: -self.n_saved]:
             old.unlink(missing_ok=True)
@@ -291,7 +153,7 @@ class AtomicCheckpointSaver:
             backup = _backup_name(self.final_path)
             os.replace(self.final_path, backup)
             self.logger.warning(f"kept the previous {self.final_path.name} as {backup}")
-        path = atomic_torch_save(_unwrap(self.final_model).state_dict(), self.final_path)
+        path = atomic_torch_save(unwrap_module(self.final_model).state_dict(), self.final_path)
         self.logger.info(f"saved final model weights to {path}")
         return path
 
@@ -349,7 +211,7 @@ def resume_training(
             logger.warning(f"{path} predates the run state {absent}: the resumed run will not be exact.")
         prior_max_epochs = engine.state.max_epochs
         for name, obj in objects.items():
-            _unwrap(obj).load_state_dict(checkpoint[name])
+            unwrap_module(obj).load_state_dict(checkpoint[name])
         for name, obj in run_state.items():
             if name in checkpoint:
                 obj.load_state_dict(checkpoint[name])

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mito_monai.engines.distributed import is_main_process
+from mito_monai.runtime.distributed import is_main_process
 from mito_monai.handlers.report import scalar_metrics
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, append_history_record, read_history
 

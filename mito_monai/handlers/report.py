@@ -12,9 +12,9 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
-from mito_monai.engines.distributed import is_main_process
+from mito_monai.runtime.distributed import is_main_process
 
-__all__ = ["EvaluationReport", "FinalEvaluation", "format_metrics_table", "report_metrics", "require_file", "scalar_metrics"]
+__all__ = ["EvaluationReport", "FinalEvaluation", "format_metrics_table", "report_metrics", "scalar_metrics"]
 
 #: metrics shown as percentages, in this order (UDA convention first, then SSL, then calibration)
 DEFAULT_COLUMNS = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE")
@@ -137,10 +137,3 @@ def report_metrics(
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
         os.replace(tmp, output_path)
     return values
-
-
-def require_file(path: str | os.PathLike, what: str) -> str:
-    """Fail early, with a message naming ``path`` and what it should be, when it is not a file."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} does not exist: expected {what}.")
-    return str(path)

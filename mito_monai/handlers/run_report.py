@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mito_monai.engines.distributed import is_main_process
+from mito_monai.runtime.distributed import is_main_process
 from mito_monai.metrics import from_logits_output
 from mito_monai.visualize.history import HISTORY_FILE
 from mito_monai.visualize.report import FIGURE_FILES, METRICS_FILE, write_report

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from mito_monai.engines.distributed import is_main_process
-from mito_monai.handlers.checkpoint import _unwrap, atomic_torch_save
+from mito_monai.runtime.distributed import is_main_process
+from mito_monai.runtime.checkpoint_files import atomic_torch_save, unwrap_module
 from mito_monai.handlers.report import scalar_metrics
 from mito_monai.metrics.label_free import LABEL_FREE_CRITERIA, LabelFreeScores
 
@@ -172,7 +172,7 @@ class LabelFreeSelection:
         larger = LABEL_FREE_CRITERIA[self.criterion]
         if self.best is None or (value > self.best["score"] if larger else value < self.best["score"]):
             self.best = {"iteration": engine.state.iteration, "score": value}
-            self._best_state = {k: v.detach().clone() for k, v in _unwrap(self.network).state_dict().items()}
+            self._best_state = {k: v.detach().clone() for k, v in unwrap_module(self.network).state_dict().items()}
 
     def completed(self, engine: Engine) -> None:
         """Check the final model, score the selected weights on the evaluation stack and report them."""
@@ -187,7 +187,7 @@ class LabelFreeSelection:
             if self.best["iteration"] == engine.state.iteration and self.evaluator.state.metrics:
                 metrics = scalar_metrics(self.evaluator.state.metrics)  # the final model, scored already
             if not metrics:
-                module = _unwrap(self.network)
+                module = unwrap_module(self.network)
                 final_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 module.load_state_dict(self._best_state)
                 try:

@@ -1,16 +1,16 @@
 """Whole-volume inference: any number of slices of any size, block by block, streamed to disk."""
 
-from mito_monai.data.volume import Volume as SliceSource  # the lazy reader that inference used to have
 from mito_monai.inference.autocast import AutocastInferer
+from mito_monai.inference.block_predictor import BlockPredictor, normalize_slice
 from mito_monai.inference.blocks import Block, BlockPlan, window_starts
 from mito_monai.inference.executors import DaskExecutor, InProcessExecutor, make_executor
-from mito_monai.inference.stack_segmenter import OUTPUT_SUFFIXES, StackSegmenter, normalize_slice
+from mito_monai.inference.stack_segmenter import OUTPUT_SUFFIXES, StackSegmenter
 from mito_monai.inference.tasks import BlockSegmentation, BlocksDone, SliceStats
 
 __all__ = [
     "AutocastInferer",
     "OUTPUT_SUFFIXES",
-    "SliceSource",
+    "BlockPredictor",
     "StackSegmenter",
     "normalize_slice",
     "Block",

@@ -49,7 +49,7 @@ class InProcessExecutor:
     ``concurrent.futures`` thread each, so at most one item is read ahead and one waits to be written:
     memory stays a few blocks). Results come in the order of ``items``, as without the pipeline; an error
     in the reader or writer thread is raised here unchanged (the same exception, e.g. the
-    :class:`~mito_monai.data.DataError` naming the block), after the other thread has stopped.
+    :class:`~mito_monai.io.DataError` naming the block), after the other thread has stopped.
 
     Args:
         pipeline: overlap reading and writing with compute; ``False`` runs every stage in this thread.

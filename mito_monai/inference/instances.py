@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from mito_monai.data import DataError, ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_volume, write_volume
+from mito_monai.io import DataError, ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_volume, write_volume
 from mito_monai.inference.blocks import BlockPlan
 
 __all__ = ["label_instances", "split_touching", "SPLITS"]

@@ -7,24 +7,28 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from typing import Any
 from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import torch
-from monai.data.utils import compute_importance_map
-from monai.inferers import Inferer
 from torch import nn
 
-from mito_monai.data import DataError, SlabBoxWriter, ZarrBoxWriter, create_ome_zarr_image, open_volume, open_volume_writer
-from mito_monai.inference.blocks import Block, BlockPlan, fitted_window, window_starts
+from mito_monai.inference.block_predictor import BlockPredictor, normalize_slice
+from mito_monai.inference.blocks import BlockPlan
 from mito_monai.inference.executors import make_executor
 from mito_monai.inference.tasks import BlocksDone, BlockSegmentation, SliceStats, merge_slice_stats
-from mito_monai.transforms import NormalizePerSlice
+from mito_monai.io import (
+    DataError,
+    SlabBoxWriter,
+    Volume,
+    ZarrBoxWriter,
+    create_ome_zarr_image,
+    open_volume,
+    open_volume_writer,
+)
 
 __all__ = ["StackSegmenter", "normalize_slice", "OUTPUT_SUFFIXES"]
-
-_NORMALIZE = NormalizePerSlice()
 
 #: output format name -> file suffix ("png" writes a folder of PNG slices, "zarr" an OME-Zarr store)
 OUTPUT_SUFFIXES = {
@@ -35,18 +39,6 @@ _ZARR_STORE = "segmentation.ome.zarr"
 _MASK_LABEL = "mask"
 
 
-def normalize_slice(image: np.ndarray) -> np.ndarray:
-    """Min-max normalise one 2D slice to [0, 1] in float32; a constant slice becomes zeros.
-
-    The same per-slice normalisation as the training transforms
-    (:class:`mito_monai.transforms.NormalizePerSliced`).
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(image).all():
-        raise ValueError(f"slice has {int((~np.isfinite(image)).sum())} NaN/Inf pixels.")
-    return np.asarray(_NORMALIZE(image), dtype=np.float32)
-
-
 def _largest_divisor(n: int, cap: int) -> int:
     return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
 
@@ -55,189 +47,47 @@ class StackSegmenter:
     """Segment mitochondria in a (Z, Y, X) stack of any size with a 2D network.
 
     The volume is cut into blocks of ``block_slices`` slices x ``block_tile`` square tiles
-    (:class:`~mito_monai.inference.blocks.BlockPlan`). Sliding windows (Gaussian-weighted overlap,
-    MONAI's weighting) lie on one lattice fixed by the whole slice; a block reads its core plus a halo of
-    one window, runs every window that touches its core (in batches of ``sw_batch_size``, across the
-    block's slices and tiles), blends them and writes back only its core. So the output is the same for
-    any block grid, and peak memory is set by the block size, not the volume. Each slice is min-max
-    normalised with its own minimum and maximum over the whole slice (a first, read-only pass), as in
-    training. Slices smaller than the window are reflect-padded to it.
-
-    With ``max_window`` the windows grow beyond ``roi_size`` (the network is fully convolutional): one
-    window per whole slice when the slice fits in ``max_window``, else the fewest windows of at most
-    ``max_window`` that keep the configured window's overlap in pixels
-    (:func:`~mito_monai.inference.blocks.fitted_window`). This removes most of the work repeated in
-    overlaps (a 768 x 1024 slice: one window instead of 2 x 3 windows of 512 at overlap 0.5, half the
-    network time). Batches hold about ``sw_batch_size`` windows of ``roi_size`` worth of pixels.
-    The in-process run reads the next block in a background thread and writes the previous one in
-    another while the network runs.
-
-    The foreground probability is softmax channel 1 of 2-class logits, or the sigmoid of 1-channel logits.
+    (:class:`~mito_monai.inference.blocks.BlockPlan`). A block reads its core plus a halo of one window, and its
+    :class:`~mito_monai.inference.block_predictor.BlockPredictor` runs every window that touches the core (in
+    batches, across the block's slices and tiles), blends them and gives back only the core. So the output is the
+    same for any block grid, and peak memory is set by the block size, not the volume. Each slice is min-max
+    normalised with its own minimum and maximum over the whole slice (a first, read-only pass), as in training.
+    Slices smaller than the window are reflect-padded to it. The in-process run reads the next block in a
+    background thread and writes the previous one in another while the network runs.
 
     Args:
-        network: a 2D network giving (B, 2, H, W) or (B, 1, H, W) logits (or a tuple whose first entry is).
-        inferer: a :class:`monai.inferers.SlidingWindowInferer` whose ``roi_size``, ``sw_batch_size``,
-            ``overlap``, ``mode`` and ``sigma_scale`` are used; defaults to ``roi_size``, 4, 0.5, gaussian.
-        roi_size: window size when no inferer is given (the papers use 512 x 512).
-        device: where the network runs.
-        threshold: foreground probability at or above which a pixel is mitochondria.
-        amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA).
-        channels_last: run the network in channels-last memory format (faster on CPU with ``amp``).
-        max_window: largest window side the windows may grow to (None: always ``roi_size``); rounded to
-            the network's ``divisor`` (its size divisor) when it has one.
-        checkpoint: optional path of a ``model.pt`` (state dict, loaded with ``weights_only=True``).
+        network: the 2D network, or a ready :class:`~mito_monai.inference.block_predictor.BlockPredictor`.
+        predictor_options: the other arguments of :class:`~mito_monai.inference.block_predictor.BlockPredictor`
+            (``inferer``, ``roi_size``, ``device``, ``threshold``, ``amp``, ``checkpoint``, ``channels_last``,
+            ``max_window``), by keyword; none with a ready predictor.
     """
 
-    def __init__(
-        self,
-        network: nn.Module,
-        inferer: Inferer | None = None,
-        roi_size: Sequence[int] = (512, 512),
-        device: str | torch.device = "cpu",
-        threshold: float = 0.5,
-        amp: bool = False,
-        checkpoint: str | os.PathLike | None = None,
-        channels_last: bool = False,
-        max_window: int | None = None,
-    ) -> None:
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-        self.device = torch.device(device)
-        self.network = network.to(self.device).eval()
-        if checkpoint is not None:
-            from mito_monai.handlers.checkpoint import load_checkpoint
-
-            state = load_checkpoint(checkpoint, map_location=self.device)
-            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-                state = state["model"]
-            try:
-                self.network.load_state_dict(state)
-            except RuntimeError as e:
-                raise ValueError(
-                    f"{checkpoint} does not fit this network (were the channels changed?): {str(e).splitlines()[0]}"
-                ) from e
-        if inferer is not None:
-            if not hasattr(inferer, "roi_size"):
-                raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
-            roi_size = inferer.roi_size
-            self.sw_batch_size = int(inferer.sw_batch_size)
-            self.overlap = float(np.max(inferer.overlap))
-            self.mode, self.sigma_scale = str(getattr(inferer.mode, "value", inferer.mode)), inferer.sigma_scale
+    def __init__(self, network: nn.Module | BlockPredictor, **predictor_options: Any) -> None:
+        if isinstance(network, BlockPredictor):
+            if predictor_options:
+                raise ValueError(f"a ready BlockPredictor takes no more options, got {sorted(predictor_options)}.")
+            self.predictor = network
         else:
-            self.sw_batch_size, self.overlap, self.mode, self.sigma_scale = 4, 0.5, "gaussian", 0.125
-        self.roi_size = tuple(int(r) for r in roi_size)
-        if len(self.roi_size) != 2 or min(self.roi_size) < 1:
-            raise ValueError(f"roi_size must be two positive sizes (Y, X), got {roi_size}.")
-        if max_window is not None and int(max_window) < max(self.roi_size):
-            raise ValueError(f"max_window ({max_window}) must be at least the window {self.roi_size}.")
-        self.max_window = None if max_window is None else int(max_window)
-        self.multiple = int(getattr(network, "divisor", 1))
-        self.threshold = threshold
-        self.amp = amp
-        self.channels_last = channels_last
-        if channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
-        self._weights: dict[tuple[int, int], torch.Tensor] = {}
+            self.predictor = BlockPredictor(network, **predictor_options)
         self.logger = logging.getLogger(__name__)
 
-    # the network on windows -------------------------------------------------------------------
-    def _importance(self, window: tuple[int, int]) -> torch.Tensor:
-        if window not in self._weights:
-            self._weights[window] = compute_importance_map(
-                window, mode=self.mode, sigma_scale=self.sigma_scale, device=self.device
-            ).float()
-        return self._weights[window]
+    @property
+    def threshold(self) -> float:
+        """Foreground probability at or above which a pixel is mitochondria."""
+        return self.predictor.threshold
+
+    @property
+    def network(self) -> nn.Module:
+        """The network, on its device, in eval mode."""
+        return self.predictor.network
 
     def windows(self, full: Sequence[int]) -> tuple[tuple[int, int], tuple[float, float]]:
         """The (y, x) window size and overlap used on whole slices of size ``full`` (Y, X)."""
-        fits = [fitted_window(int(n), r, self.overlap, self.max_window, self.multiple) for n, r in zip(full, self.roi_size)]
-        return (fits[0][0], fits[1][0]), (fits[0][1], fits[1][1])
-
-    @torch.no_grad()
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
-            logits = self.network(x)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        return logits.float()
-
-    def predict_region(self, image: np.ndarray, origin: Sequence[int], core: Sequence[slice], full: Sequence[int]) -> np.ndarray:
-        """Foreground probability (Z, cy, cx) float32 of the ``core`` (y, x) box of normalised slices.
-
-        Args:
-            image: (Z, H, W) normalised slices, the region ``origin`` (y0, x0) .. of the whole slice.
-            origin: global (y, x) position of ``image[:, 0, 0]``.
-            core: global (y, x) slices to predict; every window touching them must lie inside ``image``.
-            full: (Y, X) size of the whole slice (fixes the window lattice).
-        """
-        window, overlap = self.windows(full)
-        pads, starts, offset = [], [], []
-        for axis in range(2):
-            length, roi = int(full[axis]), window[axis]
-            if length < roi:  # the whole axis is in the region: reflect-pad it to one window, like MONAI
-                before = (roi - length) // 2
-                pads.append((before, roi - length - before))
-                starts.append([-before])
-            else:
-                pads.append((0, 0))
-                c = core[axis]
-                starts.append([s for s in window_starts(length, roi, overlap[axis]) if s < c.stop and s + roi > c.start])
-            offset.append(int(origin[axis]) - pads[-1][0])
-        if any(p != (0, 0) for p in pads):
-            image = np.pad(image, [(0, 0), *pads], mode="reflect" if min(image.shape[1:]) > 1 else "edge")
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
-        weights = self._importance(window)
-        ry, rx = window
-        windows = [(z, sy - offset[0], sx - offset[1]) for z in range(x.shape[0]) for sy in starts[0] for sx in starts[1]]
-        per_batch = max(1, self.sw_batch_size * self.roi_size[0] * self.roi_size[1] // (ry * rx))
-        acc = wsum = None
-        for i in range(0, len(windows), per_batch):
-            batch = windows[i : i + per_batch]
-            logits = self._forward(torch.cat([x[z : z + 1, :, iy : iy + ry, ix : ix + rx] for z, iy, ix in batch]))
-            if acc is None:
-                acc = torch.zeros((x.shape[0], logits.shape[1], *x.shape[2:]), device=self.device)
-                wsum = torch.zeros(x.shape[2:], device=self.device)
-                counted = set()
-            for (z, iy, ix), out in zip(batch, logits):
-                acc[z, :, iy : iy + ry, ix : ix + rx] += out * weights
-                if (iy, ix) not in counted:
-                    wsum[iy : iy + ry, ix : ix + rx] += weights
-                    counted.add((iy, ix))
-        cy = slice(core[0].start - offset[0], core[0].stop - offset[0])
-        cx = slice(core[1].start - offset[1], core[1].stop - offset[1])
-        logits = acc[:, :, cy, cx] / wsum[cy, cx]
-        prob = torch.softmax(logits, dim=1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
-        return prob.cpu().numpy().astype(np.float32)
+        return self.predictor.windows(full)
 
     def predict_slice(self, image: np.ndarray) -> np.ndarray:
         """Foreground probability (Y, X) float32 of one raw 2D slice (Y, X)."""
-        if image.ndim != 2:
-            raise ValueError(f"expected one 2D slice (Y, X), got shape {image.shape}.")
-        full = image.shape
-        return self.predict_region(normalize_slice(image)[None], (0, 0), (slice(0, full[0]), slice(0, full[1])), full)[0]
-
-    @staticmethod
-    def normalize_block(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """Min-max normalise a (Z, H, W) read box with the per-slice ``low``/``high`` of the whole slices."""
-        raw = np.asarray(raw)
-        raw = raw.astype(np.float64 if raw.dtype == np.float64 else np.float32, copy=False)
-        span = high - low
-        norm = (raw - low[:, None, None]) / np.where(span > 0, span, 1.0)[:, None, None]
-        return norm.astype(np.float32)
-
-    def predict_normalized_block(self, norm: np.ndarray, block: Block, full: Sequence[int]) -> np.ndarray:
-        """Probabilities of ``block.core`` from its normalised read box (Z, H, W)."""
-        origin = (block.read[1].start, block.read[2].start)
-        return self.predict_region(norm, origin, block.core[1:], full)
-
-    def predict_block(self, raw: np.ndarray, block: Block, low: np.ndarray, high: np.ndarray, full: Sequence[int]) -> np.ndarray:
-        """Probabilities of ``block.core`` from its ``raw`` read box (Z, H, W), normalised with the
-        per-slice ``low``/``high`` of the whole slices (one entry per slice of the block)."""
-        return self.predict_normalized_block(self.normalize_block(raw, low, high), block, full)
+        return self.predictor.predict_slice(image)
 
     # the whole stack --------------------------------------------------------------------------
     def run(
@@ -285,6 +135,65 @@ class StackSegmenter:
         Returns:
             name -> written path (``probabilities``, ``masks``, ``preview``, ``summary``).
         """
+        fmt, prob_dtype = self._output_format(
+            output_format, save_probabilities, save_masks, probabilities_dtype, scheduler, resume
+        )
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        names = (["probabilities"] if save_probabilities else []) + (["masks"] if save_masks else [])
+        with open_volume(input_path, key=key, missing_chunks=missing_chunks) as source:
+            plan, window = self._plan(source.shape, block_slices, block_tile)
+            paths = _RunPaths(output_dir, source.shape[0], fmt)
+            record = BlocksDone(output_dir / "blocks_done") if paths.zarr else None
+            resuming = resume and paths.store.exists() and record.exists()
+            if not resuming:
+                paths.refuse_existing(preview, overwrite)
+            settings = {
+                "input": str(input_path), "key": key, **plan.describe(), "roi_size": list(self.predictor.roi_size),
+                "window": list(window), "overlap": self.predictor.overlap, "threshold": self.threshold,
+                "probabilities_dtype": str(prob_dtype), "save_probabilities": save_probabilities,
+                "save_masks": save_masks,
+            }
+            with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
+                if resuming:
+                    stats = record.load_settings(settings)
+                else:
+                    stats = self._slice_statistics(executor, source, input_path, key, plan, missing_chunks)
+                source.missing_chunks = "fill"  # the statistics pass has checked every chunk already
+                with ExitStack() as stack:
+                    if paths.zarr:
+                        writers, written = self._zarr_outputs(
+                            paths.store, names, plan, prob_dtype, source.voxel_size, source.unit, resuming, record
+                        )
+                        if not resuming:
+                            record.start(settings, stats)
+                    else:
+                        writers, written = self._file_outputs(stack, paths, names, plan, prob_dtype, overwrite)
+                    task = BlockSegmentation(self.predictor, input_path, key, plan, stats, writers, record, source)
+                    foreground = self._map_blocks(executor, task, plan, record if resuming else None, progress)
+            if preview:
+                written["preview"] = str(self._preview(source, paths.preview, written))
+        summary = {
+            "input": str(input_path),
+            "shape": list(plan.shape),
+            "voxel_size": list(source.voxel_size) if source.voxel_size else None,
+            "threshold": self.threshold,
+            "blocks": len(plan),
+            "block_shape": list(plan.block_shape),
+            "foreground_fraction": foreground / float(np.prod(plan.shape)),
+            "outputs": dict(written),
+        }
+        paths.summary.write_text(json.dumps(summary, indent=2) + "\n")
+        written["summary"] = str(paths.summary)
+        return written
+
+    # the stages of a run ----------------------------------------------------------------------
+    @staticmethod
+    def _output_format(
+        output_format: str, save_probabilities: bool, save_masks: bool, probabilities_dtype: str, scheduler: str,
+        resume: bool,
+    ) -> tuple[str, np.dtype]:
+        """The checked output format name and the probabilities' dtype."""
         fmt = output_format.lower().lstrip(".")
         if fmt not in OUTPUT_SUFFIXES:
             raise ValueError(f"output_format must be one of {sorted(set(OUTPUT_SUFFIXES))}, got {output_format!r}.")
@@ -299,88 +208,62 @@ class StackSegmenter:
             raise ValueError("--scheduler dask writes blocks straight into the output store: use --output_format zarr.")
         if resume and not zarr_out:
             raise ValueError("--resume needs a block-wise output: use --output_format zarr.")
-        output_dir = Path(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        suffix = OUTPUT_SUFFIXES[fmt]
-        prob_dtype = np.dtype(np.uint8 if fmt == "png" or probabilities_dtype == "uint8" else np.float32)
+        return fmt, np.dtype(np.uint8 if fmt == "png" or probabilities_dtype == "uint8" else np.float32)
 
-        with open_volume(input_path, key=key, missing_chunks=missing_chunks) as source:
-            shape, voxel_size, unit = source.shape, source.voxel_size, source.unit
+    def _plan(self, shape: Sequence[int], block_slices: int, block_tile: int) -> tuple[BlockPlan, tuple[int, int]]:
+        """The block plan of a stack of ``shape`` and the window its slices get."""
         window, _ = self.windows(shape[1:])
         try:
-            plan = BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *window))
+            return BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *window)), window
         except ValueError as e:
-            if window == self.roi_size:
+            if window == self.predictor.roi_size:
                 raise
-            raise ValueError(f"{e} The windows grew from {self.roi_size} to {window} (--max_window {self.max_window}).") from None
-        middle = shape[0] // 2
-        preview_path = output_dir / f"preview_z{middle:04d}.png"
-        summary_path = output_dir / "summary.json"
-        store = output_dir / _ZARR_STORE
-        record = BlocksDone(output_dir / "blocks_done") if zarr_out else None
-        resuming = resume and store.exists() and record.exists()
-        if not resuming:
-            existing = [p for p in ([preview_path] if preview else []) + [summary_path] + ([store] if zarr_out else []) if p.exists()]
-            if existing and not overwrite:
-                raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite true) to replace it.")
-        settings = {
-            "input": str(input_path), "key": key, **plan.describe(), "roi_size": list(self.roi_size), "window": list(window),
-            "overlap": self.overlap, "threshold": self.threshold, "probabilities_dtype": str(prob_dtype),
-            "save_probabilities": save_probabilities, "save_masks": save_masks,
-        }
-        stats_plan = BlockPlan(shape, plan.block_shape)
-        with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
-            if resuming:
-                stats = record.load_settings(settings)
-            else:
-                parts = executor.map(SliceStats(input_path, key, stats_plan, missing_chunks), range(len(stats_plan)), "slice statistics", progress=False)
-                try:
-                    stats = merge_slice_stats(parts, shape[0])
-                except ValueError as e:
-                    raise ValueError(f"{input_path}, {e}") from e
-            with ExitStack() as stack:
-                names = (["probabilities"] if save_probabilities else []) + (["masks"] if save_masks else [])
-                if zarr_out:
-                    writers, written = self._zarr_outputs(store, names, plan, prob_dtype, voxel_size, unit, resuming, record)
-                    if not resuming:
-                        record.start(settings, stats)
-                else:
-                    writers, written = {}, {}
-                    for name in names:
-                        dtype = prob_dtype if name == "probabilities" else np.uint8
-                        w = stack.enter_context(open_volume_writer(output_dir / f"{name}{suffix}", shape, dtype, overwrite=overwrite))
-                        scale = name == "probabilities" and prob_dtype == np.uint8
-                        writers[name] = SlabBoxWriter(w, plan.block_shape[0], scale_probabilities=scale)
-                        written[name] = str(w.path)
-                done = record.done() if resuming else {}
-                todo = [b for b in range(len(plan)) if b not in done]
-                if done:
-                    self.logger.info(f"resuming: {len(done)} of {len(plan)} blocks already done")
-                task = BlockSegmentation(self, input_path, key, plan, stats, writers, record)
-                fg = sum(done.values())
-                for n in executor.map(task, todo, "segmenting", progress=progress, voxels=[plan[b].voxels for b in todo]):
-                    fg += n
-        if preview:
-            with open_volume(input_path, key=key) as src:
-                image = src[middle]
-            mask_path = written.get("masks", written.get("probabilities"))
-            with open_volume(mask_path) as out:
-                m = out[middle]
-            mask = m > 0 if "masks" in written else _probability(m) >= self.threshold
-            written["preview"] = str(_write_preview(preview_path, normalize_slice(image), mask))
-        summary = {
-            "input": str(input_path),
-            "shape": list(shape),
-            "voxel_size": list(voxel_size) if voxel_size else None,
-            "threshold": self.threshold,
-            "blocks": len(plan),
-            "block_shape": list(plan.block_shape),
-            "foreground_fraction": fg / float(np.prod(shape)),
-            "outputs": dict(written),
-        }
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        written["summary"] = str(summary_path)
-        return written
+            raise ValueError(
+                f"{e} The windows grew from {self.predictor.roi_size} to {window} (--max_window {self.predictor.max_window})."
+            ) from None
+
+    @staticmethod
+    def _slice_statistics(executor, source: Volume, input_path, key, plan: BlockPlan, missing_chunks: str):
+        """Per-slice (low, high) of the whole slices, block by block (a read-only first pass)."""
+        stats_plan = BlockPlan(plan.shape, plan.block_shape)
+        task = SliceStats(input_path, key, stats_plan, missing_chunks, source)
+        parts = executor.map(task, range(len(stats_plan)), "slice statistics", progress=False)
+        try:
+            return merge_slice_stats(parts, plan.shape[0])
+        except ValueError as e:
+            raise ValueError(f"{input_path}, {e}") from e
+
+    @staticmethod
+    def _file_outputs(stack: ExitStack, paths: _RunPaths, names, plan: BlockPlan, prob_dtype, overwrite: bool):
+        """Slice-by-slice writers (TIFF, HDF5, NIfTI, PNG) behind slab box writers, closed by ``stack``."""
+        writers, written = {}, {}
+        for name in names:
+            dtype = prob_dtype if name == "probabilities" else np.uint8
+            w = stack.enter_context(open_volume_writer(paths.output(name), plan.shape, dtype, overwrite=overwrite))
+            scale = name == "probabilities" and prob_dtype == np.uint8
+            writers[name] = SlabBoxWriter(w, plan.block_shape[0], scale_probabilities=scale)
+            written[name] = str(w.path)
+        return writers, written
+
+    def _map_blocks(self, executor, task: BlockSegmentation, plan: BlockPlan, record: BlocksDone | None, progress: bool) -> int:
+        """Run ``task`` on every block not yet recorded as done in ``record``; the foreground voxel count."""
+        done = record.done() if record is not None else {}
+        todo = [b for b in range(len(plan)) if b not in done]
+        if done:
+            self.logger.info(f"resuming: {len(done)} of {len(plan)} blocks already done")
+        foreground = sum(done.values())
+        for n in executor.map(task, todo, "segmenting", progress=progress, voxels=[plan[b].voxels for b in todo]):
+            foreground += n
+        return foreground
+
+    def _preview(self, source: Volume, path: Path, written: dict) -> Path:
+        """The middle slice beside its mask (from the written masks, else the thresholded probabilities)."""
+        middle = source.shape[0] // 2
+        mask_path = written.get("masks", written.get("probabilities"))
+        with open_volume(mask_path) as out:
+            m = out[middle]
+        mask = m > 0 if "masks" in written else _probability(m) >= self.threshold
+        return _write_preview(path, normalize_slice(source[middle]), mask)
 
     def _zarr_outputs(self, store, names, plan, prob_dtype, voxel_size, unit, resuming, record):
         chunks = (
@@ -404,6 +287,27 @@ class StackSegmenter:
             for n in names
         }
         return writers, {n: str(paths[n]) for n in names}
+
+
+class _RunPaths:
+    """Where a run writes: the outputs, the OME-Zarr store, the preview and the summary."""
+
+    def __init__(self, output_dir: Path, depth: int, fmt: str) -> None:
+        self.output_dir, self.suffix = output_dir, OUTPUT_SUFFIXES[fmt]
+        self.zarr = self.suffix == ".ome.zarr"
+        self.store = output_dir / _ZARR_STORE
+        self.preview = output_dir / f"preview_z{depth // 2:04d}.png"
+        self.summary = output_dir / "summary.json"
+
+    def output(self, name: str) -> Path:
+        return self.output_dir / f"{name}{self.suffix}"
+
+    def refuse_existing(self, preview: bool, overwrite: bool) -> None:
+        """FileExistsError naming the first output that exists, unless ``overwrite``."""
+        candidates = ([self.preview] if preview else []) + [self.summary] + ([self.store] if self.zarr else [])
+        existing = [p for p in candidates if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite true) to replace it.")
 
 
 def _probability(values: np.ndarray) -> np.ndarray:

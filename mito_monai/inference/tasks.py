@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mito_monai.data import open_volume
+from mito_monai.inference.block_predictor import BlockPredictor
 from mito_monai.inference.blocks import BlockPlan
+from mito_monai.io import Volume, open_volume
 
 __all__ = ["SliceStats", "merge_slice_stats", "BlockSegmentation", "BlocksDone"]
 
@@ -28,10 +29,13 @@ class SliceStats:
     Returns ``(z0, low, high, bad)`` with one entry per slice of the block.
     """
 
-    def __init__(self, input_path: str | os.PathLike, key: str | None, plan: BlockPlan, missing_chunks: str = "error") -> None:
+    def __init__(
+        self, input_path: str | os.PathLike, key: str | None, plan: BlockPlan, missing_chunks: str = "error",
+        volume: Volume | None = None,
+    ) -> None:
         self.input_path, self.key, self.plan = str(input_path), key, plan
         self.missing_chunks = missing_chunks
-        self._volume = None
+        self._volume = volume  # an already opened input (in-process runs); a worker opens its own
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_volume": None}
@@ -131,22 +135,26 @@ class BlockSegmentation:
     (what a Dask worker does).
 
     Args:
-        segmenter: a :class:`~mito_monai.inference.StackSegmenter` (its network is part of the task).
+        predictor: a :class:`~mito_monai.inference.BlockPredictor` (its network is part of the task).
         input_path, key: the input stack.
         plan: the block plan.
         stats: per-slice (low, high) of the whole slices, for the normalisation.
         writers: ``probabilities`` and/or ``masks`` -> a box writer (``write(box, array)``).
         record: where finished blocks are recorded, or None.
+        volume: the input, already opened (in-process runs share the run's); a worker opens its own.
 
     Returns (when called with a block index): the block's number of foreground voxels.
     """
 
-    def __init__(self, segmenter, input_path, key, plan: BlockPlan, stats, writers: Mapping, record: BlocksDone | None) -> None:
-        self.segmenter, self.input_path, self.key, self.plan = segmenter, str(input_path), key, plan
+    def __init__(
+        self, predictor: BlockPredictor, input_path, key, plan: BlockPlan, stats, writers: Mapping,
+        record: BlocksDone | None, volume: Volume | None = None,
+    ) -> None:
+        self.predictor, self.input_path, self.key, self.plan = predictor, str(input_path), key, plan
         self.low, self.high = np.asarray(stats[0]), np.asarray(stats[1])
         self.writers, self.record = dict(writers), record
         self.missing_chunks = "fill"  # the statistics pass has checked every chunk already
-        self._volume = None
+        self._volume = volume
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_volume": None}
@@ -157,16 +165,16 @@ class BlockSegmentation:
             self._volume = open_volume(self.input_path, self.key, self.missing_chunks)
         block = self.plan[index]
         zs = block.core[0]
-        return self.segmenter.normalize_block(self._volume.read(block.read), self.low[zs], self.high[zs])
+        return self.predictor.normalize_block(self._volume.read(block.read), self.low[zs], self.high[zs])
 
     def compute(self, index: int, norm: np.ndarray) -> np.ndarray:
         """Foreground probabilities (Z, cy, cx) of the block's core."""
-        return self.segmenter.predict_normalized_block(norm, self.plan[index], self.plan.shape[1:])
+        return self.predictor.predict_normalized_block(norm, self.plan[index], self.plan.shape[1:])
 
     def store(self, index: int, prob: np.ndarray) -> int:
         """Write the block's core to every output, record the block; returns its foreground voxels."""
         block = self.plan[index]
-        mask = prob >= self.segmenter.threshold
+        mask = prob >= self.predictor.threshold
         if "probabilities" in self.writers:
             self.writers["probabilities"].write(block.core, prob)
         if "masks" in self.writers:

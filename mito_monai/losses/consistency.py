@@ -58,7 +58,7 @@ class PseudoLabelConsistencyLoss(_Loss):
     batch's pixels are foreground (the most probable ones), and a batch where the argmax already gives
     more keeps its argmax. ``q`` is a prior on the target's class balance that reads no target label,
     e.g. the foreground fraction of the source labels
-    (:func:`mito_monai.data.label_foreground_fraction`). The confidence of a pixel (for ``threshold``)
+    (:func:`mito_monai.datasets.label_foreground_fraction`). The confidence of a pixel (for ``threshold``)
     is the probability of its pseudo-label.
 
     Args:

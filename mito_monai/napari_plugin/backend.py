@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from mito_monai.data.errors import DataError
+from mito_monai.engines.methods import METHODS as DOMAIN_ADAPTATION_METHODS
+from mito_monai.io.errors import DataError
 
 __all__ = [
     "BUNDLES",
@@ -24,15 +25,16 @@ __all__ = [
     "bundle_dir",
     "default_checkpoint",
     "iter_segment",
-    "label_instances",
+    "label_mask_instances",
     "load_segmenter",
     "parse_overrides",
 ]
 
 #: bundles the widgets offer
 BUNDLES = ("r4mito", "dualrel")
-#: domain-adaptation methods the "Adapt to this volume" widget offers (r4mito bundle)
-METHODS = ("noadapt", "baseline", "r4mito")
+#: domain-adaptation methods the "Adapt to this volume" widget offers (r4mito bundle): the package's methods but
+#: ``oracle``, which needs the labels of the volume adapted to
+METHODS = tuple(name for name in DOMAIN_ADAPTATION_METHODS if name != "oracle")
 
 
 class AdaptationCancelled(RuntimeError):
@@ -118,7 +120,7 @@ def iter_segment(segmenter: Any, volume: np.ndarray) -> Iterator[tuple[int, int,
         yield z, stack.shape[0], segmenter.predict_slice(np.asarray(stack[z]))
 
 
-def label_instances(mask: np.ndarray) -> np.ndarray:
+def label_mask_instances(mask: np.ndarray) -> np.ndarray:
     """3D connected components (26-connectivity) of a binary mask, as int32 labels 1..N."""
     from scipy import ndimage
 
@@ -128,7 +130,7 @@ def label_instances(mask: np.ndarray) -> np.ndarray:
 
 def _write_target_dataset(root: Path, image: np.ndarray, label: np.ndarray | None) -> None:
     """``root/{train,test}/images`` (+ ``test/labels``) in the ``folder`` layout: the target volume for training and scoring."""
-    from mito_monai.data import write_volume
+    from mito_monai.io import write_volume
 
     stack = _as_zyx(image).astype(np.float32)
     write_volume(root / "train" / "images" / "volume.tif", stack, overwrite=True)

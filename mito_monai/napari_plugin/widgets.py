@@ -26,7 +26,7 @@ from mito_monai.napari_plugin.backend import (
     adapt_to_volume,
     default_checkpoint,
     iter_segment,
-    label_instances,
+    label_mask_instances,
     load_segmenter,
     parse_overrides,
 )
@@ -125,7 +125,7 @@ def _segment_generator(segmenter: Any, data: np.ndarray, instances: bool, thresh
         yield z + 1, depth
     prob = np.stack(slices).reshape(data.shape).astype(np.float32)
     mask = prob >= threshold
-    return prob, (label_instances(mask) if instances else mask.astype(np.uint8))
+    return prob, (label_mask_instances(mask) if instances else mask.astype(np.uint8))
 
 
 class SegmentWidget(_WorkerWidget):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = ["EVENTS", "HISTORY_FILE", "RunHistory", "append_history_record", "read_history"]
 

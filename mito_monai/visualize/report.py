@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 from mito_monai.visualize import figures
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, read_history
 from mito_monai.visualize.report_data import REPORT_DATA_FILE, ReportData, section

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 from mito_monai.metrics import calibration_bins, ssl_metrics
 
 __all__ = [

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from monai.data import Dataset
 
-from mito_monai.data.layouts import get_layout, load_split
+from mito_monai.datasets.registry import get_layout
+from mito_monai.datasets.splits import load_split
 
 __all__ = ["EMSliceDataset", "clear_slice_cache"]
 
@@ -50,8 +51,8 @@ def _load(layout: str, root: Path, split: str, with_label: bool, cache: bool) ->
 class EMSliceDataset(Dataset):
     """The Z slices of one split of a dataset, one dictionary per slice.
 
-    The split is loaded into memory once (native dtype, through :func:`mito_monai.data.open_split`, so
-    any stack :func:`mito_monai.data.open_volume` opens works, zarr / OME-Zarr included) and every item
+    The split is loaded into memory once (native dtype, through :func:`mito_monai.datasets.open_split`, so
+    any stack :func:`mito_monai.io.open_volume` opens works, zarr / OME-Zarr included) and every item
     is built from views of the volume. Item ``i`` is, before ``transform``::
 
         {"image": float32 array (1, Y, X),   # raw intensities, NOT normalised
@@ -67,9 +68,9 @@ class EMSliceDataset(Dataset):
     those block-wise instead.
 
     Args:
-        layout: dataset layout name (see :func:`mito_monai.data.available_layouts`).
+        layout: dataset layout name (see :func:`mito_monai.datasets.available_layouts`).
         root: dataset root folder.
-        split: split name (see :func:`mito_monai.data.list_splits`).
+        split: split name (see :func:`mito_monai.datasets.list_splits`).
         transform: MONAI transform(s) applied to every item.
         with_label: load labels and put them in the items (a split without labels yields none).
         slices: z indices to keep, in the given order (e.g. the labelled slices of a
@@ -84,7 +85,7 @@ class EMSliceDataset(Dataset):
         volume_name: the ``"volume"`` entry of the items.
 
     Raises:
-        DataError: the data cannot be found or read (see :func:`mito_monai.data.load_split`).
+        DataError: the data cannot be found or read (see :func:`mito_monai.datasets.load_split`).
         ValueError / TypeError: ``slices`` holds an index out of range or a non-integer.
     """
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = [
     "ZARR_SUFFIXES",

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from mito_monai.data.errors import DataError
-from mito_monai.data.io import _commit_dir
+from mito_monai.io.errors import DataError
+from mito_monai.io.writer import commit_folder
 
 __all__ = [
     "DEMO_VERSION",
@@ -55,7 +55,7 @@ __all__ = [
 
 #: Version of the generator; bump it whenever the output for a given seed changes.
 DEMO_VERSION = 1
-#: Layout of each demo domain, for :func:`mito_monai.data.load_split`.
+#: Layout of each demo domain, for :func:`mito_monai.datasets.load_split`.
 DEMO_LAYOUTS: dict[str, str] = {"source": "vnc3", "target": "lucchi_pp"}
 #: Name of the marker file written last into a complete demo root.
 DEMO_MARKER = "mito_monai_demo.json"
@@ -355,7 +355,7 @@ def _write_target_split(folder: Path, split_in: str, split_out: str, image, labe
 
 def _params(seed: int, num_slices: int, size: int) -> dict:
     return {
-        "generator": "mito_monai.data.demo",
+        "generator": "mito_monai.datasets.demo",
         "version": DEMO_VERSION,
         "seed": int(seed),
         "num_slices": int(num_slices),
@@ -434,7 +434,7 @@ def make_demo_data(
             image, label, _ = render_domain(TARGET_STYLE, np.random.default_rng(child), num_slices, size)
             _write_target_split(tmp / "target", split_in, split_out, image, label, rgba)
         (tmp / DEMO_MARKER).write_text(json.dumps(_params(seed, num_slices, size), indent=2, sort_keys=True) + "\n")
-        _commit_dir(tmp, root)
+        commit_folder(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -442,7 +442,7 @@ def make_demo_data(
 
 
 def _demo_complete(root: Path, params: dict) -> bool:
-    from mito_monai.data.layouts import split_files
+    from mito_monai.datasets.registry import split_files
 
     if _read_marker(root) != json.loads(json.dumps(params)):
         return False

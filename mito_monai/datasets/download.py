@@ -1,11 +1,13 @@
-"""Download the public mitochondria datasets into the layouts of :mod:`mito_monai.data.layouts`.
+"""Downloading files: resumable HTTP downloads, SHA-256 checks, safe archive extraction, and the records of a
+dataset's remote files (:class:`RemoteFile`, :class:`DatasetSource`).
 
 Only the Python standard library is used (``urllib``). Downloads resume from a ``.part`` file
 with HTTP Range requests, are checked against a SHA-256 digest when one is known, and are moved
 into place only when complete. Archives are unpacked with every member checked to stay inside
 the destination folder.
 
-The registry :data:`DATASETS` holds the public addresses known to us. No SHA-256 digests are
+Each dataset module holds its :class:`DatasetSource` (its public addresses); :func:`mito_monai.datasets.download_dataset`
+unpacks one into its layout. No SHA-256 digests are
 recorded: we could not compute them here and do not guess them, so downloads are only checked for
 completeness (Content-Length) and then validated as a layout. Pass ``sha256`` to
 :func:`download_file` to check a digest you trust.
@@ -30,17 +32,15 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = [
     "RemoteFile",
     "DatasetSource",
-    "DATASETS",
     "file_sha256",
     "verify_file",
     "download_file",
     "extract_archive",
-    "download_dataset",
 ]
 
 _CHUNK = 1 << 20
@@ -82,91 +82,6 @@ class DatasetSource:
     note: str = ""
 
 
-_EPFL = "https://documents.epfl.ch/groups/c/cv/cvlab-unit/www/data/%20ElectronMicroscopy_Hippocampus"
-
-#: Public datasets by name (the layout each unpacks into is ``DATASETS[name].layout``).
-DATASETS: dict[str, DatasetSource] = {
-    "vnc3": DatasetSource(
-        name="vnc3",
-        layout="vnc3",
-        files=(
-            RemoteFile(
-                url="https://github.com/unidesigner/groundtruth-drosophila-vnc/archive/refs/heads/master.zip",
-                filename="groundtruth-drosophila-vnc-master.zip",
-                extract=True,
-                strip_components=1,
-            ),
-        ),
-        homepage="https://github.com/unidesigner/groundtruth-drosophila-vnc",
-        license="CC BY-NC-SA 3.0",
-        citation="Gerhard et al., Segmented anisotropic ssTEM dataset of neural tissue, figshare, "
-        "doi:10.6084/m9.figshare.856713",
-    ),
-    "lucchi": DatasetSource(
-        name="lucchi",
-        layout="lucchi",
-        files=tuple(
-            RemoteFile(url=f"{_EPFL}/{name}", filename=name)
-            for name in ("training.tif", "training_groundtruth.tif", "testing.tif", "testing_groundtruth.tif")
-        ),
-        homepage="https://www.epfl.ch/labs/cvlab/data/data-em/",
-        license="see the EPFL CVLab page",
-        citation="Lucchi et al., Supervoxel-based segmentation of mitochondria in EM image stacks "
-        "with learned shape features, IEEE TMI 2012",
-        note="the folder name on the EPFL server starts with a space (%20)",
-    ),
-    "lucchi_pp": DatasetSource(
-        name="lucchi_pp",
-        layout="lucchi_pp",
-        files=(
-            RemoteFile(
-                url="http://www.casser.io/files/lucchi_pp.zip",
-                filename="lucchi_pp.zip",
-                extract=True,
-                strip_components=None,
-            ),
-        ),
-        homepage="https://casser.io/connectomics/",
-        license="see the dataset page",
-        citation="Casser et al., Fast mitochondria detection for connectomics, MIDL 2020 (arXiv:1812.06024)",
-    ),
-    "mitoem": DatasetSource(
-        name="mitoem",
-        layout="mitoem",
-        files=(
-            RemoteFile(
-                url="https://huggingface.co/datasets/pytc/EM30/resolve/main/EM30-R-im.zip",
-                filename="EM30-R-im.zip",
-                extract=True,
-                dest="MitoEM-R",
-            ),
-            RemoteFile(
-                url="https://huggingface.co/datasets/pytc/MitoEM/resolve/main/EM30-R-mito-train-val-v2.zip",
-                filename="EM30-R-mito-train-val-v2.zip",
-                extract=True,
-                dest="MitoEM-R",
-            ),
-            RemoteFile(
-                url="https://www.dropbox.com/s/z41qtu4y735j95e/EM30-H-im.zip?dl=1",
-                filename="EM30-H-im.zip",
-                extract=True,
-                dest="MitoEM-H",
-            ),
-            RemoteFile(
-                url="https://huggingface.co/datasets/pytc/MitoEM/resolve/main/EM30-H-mito-train-val-v2.zip",
-                filename="EM30-H-mito-train-val-v2.zip",
-                extract=True,
-                dest="MitoEM-H",
-            ),
-        ),
-        homepage="https://mitoem.grand-challenge.org/",
-        license="see the challenge page",
-        citation="Wei et al., MitoEM dataset: large-scale 3D mitochondria instance segmentation from EM images, "
-        "MICCAI 2020",
-        note="tens of GB; the human images come from the original release because the Hugging Face copy "
-        "is padded to 1040 slices and does not line up with the labels",
-    ),
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,101 +352,3 @@ def extract_archive(path: str | os.PathLike, dest: str | os.PathLike, *, strip_c
                     f"{path}: member {'/'.join(parts)!r} cannot be extracted ({e}); the archive may be corrupt"
                 ) from e
     return dest
-
-
-# ----------------------------------------------------------------------------------------------
-# datasets
-# ----------------------------------------------------------------------------------------------
-def _validate(layout: str, root: Path) -> list[str]:
-    from mito_monai.data.layouts import list_splits, split_files
-
-    splits = list_splits(layout, root)
-    for split in splits:
-        split_files(layout, root, split)
-    return splits
-
-
-def download_dataset(
-    name: str,
-    root: str | os.PathLike,
-    *,
-    base_url: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Download a public dataset and unpack it into its layout at ``root``.
-
-    Files are downloaded into ``.<root>.download`` next to ``root`` (kept on failure, so a new call
-    resumes), unpacked into a temporary folder, validated with the layout (every split's files must
-    be found and paired), and only then moved into ``root``. An existing valid copy is returned
-    without downloading.
-
-    Args:
-        name: a key of :data:`DATASETS` (``vnc3``, ``lucchi``, ``lucchi_pp``, ``mitoem``).
-        root: dataset folder, e.g. ``data/lucchi_pp``.
-        base_url: fetch every file as ``base_url/<filename>`` instead of its public address
-            (a mirror, or a local server in tests).
-        overwrite: when ``root`` holds something that is not a valid copy, replace the entries the
-            dataset provides (other files in ``root`` are left alone).
-        progress: print download progress to stderr.
-
-    Returns:
-        ``root`` as a Path.
-
-    Raises:
-        DataError: unknown name, a non-empty ``root`` that is not a valid copy (without
-            ``overwrite``), a failed or corrupt download, or unpacked data that do not form the layout.
-    """
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; available datasets: {', '.join(sorted(DATASETS))}")
-    source = DATASETS[name]
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"{root} is a file; expected a folder for the {name} dataset")
-    if root.is_dir() and any(not e.startswith(".") for e in os.listdir(root)):
-        try:
-            _validate(source.layout, root)
-            return root
-        except DataError as e:
-            if not overwrite:
-                raise DataError(
-                    f"{root} is not empty but is not a valid {name} dataset ({e}); "
-                    "pass overwrite=True to replace its dataset entries, or choose another folder"
-                ) from e
-    root.parent.mkdir(parents=True, exist_ok=True)
-    cache = root.parent / f".{root.name}.download"
-    stage = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:10]}"
-    try:
-        for remote in source.files:
-            url = remote.url if base_url is None else f"{base_url.rstrip('/')}/{urllib.parse.quote(remote.filename)}"
-            local = download_file(url, cache / remote.filename, sha256=remote.sha256, progress=progress)
-            target = stage / remote.dest if remote.dest else stage
-            if remote.extract:
-                extract_archive(local, target, strip_components=remote.strip_components)
-            else:
-                target.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, target / remote.filename)
-        try:
-            _validate(source.layout, stage)
-        except DataError as e:
-            raise DataError(
-                f"the downloaded {name} files do not form the {source.layout} layout ({e}); "
-                f"the downloads are kept in {cache}"
-            ) from e
-        if root.is_dir() and os.listdir(root):
-            for entry in sorted(os.listdir(stage)):
-                dst = root / entry
-                if dst.is_dir() and not dst.is_symlink():
-                    shutil.rmtree(dst)
-                elif dst.exists() or dst.is_symlink():
-                    dst.unlink()
-                os.replace(stage / entry, dst)
-            shutil.rmtree(stage)
-        else:
-            if root.is_dir():
-                root.rmdir()
-            os.replace(stage, root)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    shutil.rmtree(cache, ignore_errors=True)
-    return root

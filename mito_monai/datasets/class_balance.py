@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from mito_monai.data.layouts import load_split
+from mito_monai.datasets.splits import load_split
 
 __all__ = ["foreground_prior", "label_foreground_fraction"]
 

@@ -3,14 +3,14 @@
 :func:`open_volume` opens every format the project reads without loading it whole where the format
 allows: multi-page TIFF (page by page), HDF5 datasets (``file.h5:key``), folders of 2D images (file by
 file), a list of 2D image files (the slices a dataset layout pairs), zarr v2/v3 arrays, groups and
-OME-Zarr images (chunk by chunk, see :mod:`mito_monai.data.zarr_store`). Other formats (NIfTI, ITK) are
+OME-Zarr images (chunk by chunk, see :mod:`mito_monai.io.zarr_store`). Other formats (NIfTI, ITK) are
 read whole on first access. ``label=True`` reads a mask as uint8 {0, 1} (non-zero = foreground), as
-:func:`~mito_monai.data.io.read_volume` does; the readers of the dataset layouts, ``dataset-info``,
+:func:`~mito_monai.io.read_volume` does; the readers of the dataset layouts, ``dataset-info``,
 ``evaluate``, ``instances`` and inference all open their stacks here.
 
-Boxes are written with a box writer: :class:`~mito_monai.data.zarr_store.ZarrBoxWriter` straight
-into a zarr array (any order, any process), or :class:`SlabBoxWriter` over a slice-by-slice
-:class:`~mito_monai.data.io.VolumeWriter` (TIFF, HDF5, NIfTI, PNG), which collects the boxes of a slab
+Boxes are written with a box writer: :class:`~mito_monai.io.zarr_store.ZarrBoxWriter` straight
+into a zarr array (any order, any process), or :class:`~mito_monai.io.writer.SlabBoxWriter` over a slice-by-slice
+:class:`~mito_monai.io.writer.VolumeWriter` (TIFF, HDF5, NIfTI, PNG), which collects the boxes of a slab
 of slices and writes the slices once the slab is complete.
 """
 
@@ -22,23 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mito_monai.data.errors import DataError
-from mito_monai.data.io import (
-    VolumeWriter,
-    _finish,
-    _resolve_h5_key,
-    list_h5_datasets,
-    list_image_files,
-    read_image_files,
-    read_volume,
-    split_h5_path,
-)
-from mito_monai.data.zarr_store import missing_chunks, open_zarr_volume, split_zarr_path
+from mito_monai.io.arrays import finish_array
+from mito_monai.io.errors import DataError
+from mito_monai.io.hdf5 import list_h5_datasets, resolve_h5_key, split_h5_path
+from mito_monai.io.image_folder import list_image_files, read_image_files
+from mito_monai.io.paths import HDF5_EXTENSIONS, TIFF_EXTENSIONS
+from mito_monai.io.read import read_volume
+from mito_monai.io.zarr_store import missing_chunks, open_zarr_volume, split_zarr_path
 
-__all__ = ["Volume", "open_volume", "SlabBoxWriter", "box_to_str"]
-
-_TIFF = (".tif", ".tiff")
-_HDF5 = (".h5", ".hdf5", ".hdf")
+__all__ = ["Volume", "open_volume", "box_to_str"]
 Box = Sequence[slice]
 
 
@@ -77,13 +69,13 @@ class Volume:
     in order. Use it as a context manager, or call :meth:`close`.
 
     Args:
-        path: a stack in any supported format (see :mod:`mito_monai.data.io` and the module docstring), or
+        path: a stack in any supported format (see :mod:`mito_monai.io` and the module docstring), or
             a sequence of 2D image files, one per slice in z order.
         key: HDF5 dataset name, or a path inside a zarr store.
         missing_chunks: zarr chunks whose files are absent read as the array's fill value (``"fill"``, the
             zarr convention for empty chunks) or are an error naming the block (``"error"``).
         label: read a mask: every box comes back as uint8 {0, 1} (non-zero = 1), colour label images are
-            refused as by :func:`~mito_monai.data.io.read_volume` with ``label=True``.
+            refused as by :func:`~mito_monai.io.read_volume` with ``label=True``.
     """
 
     def __init__(
@@ -117,9 +109,9 @@ class Volume:
         self.path = Path(path)
         self.key = key
         suffix = self.path.suffix.lower()
-        if self.path.is_file() and suffix in _TIFF:
+        if self.path.is_file() and suffix in TIFF_EXTENSIONS:
             self._open_tiff()
-        elif self.path.is_file() and suffix in _HDF5:
+        elif self.path.is_file() and suffix in HDF5_EXTENSIONS:
             self._open_hdf5()
         elif self.path.is_dir():
             self._open_folder()
@@ -193,7 +185,7 @@ class Volume:
     def _open_hdf5(self) -> None:
         import h5py
 
-        key = _resolve_h5_key(self.path, self.key, list_h5_datasets(self.path))
+        key = resolve_h5_key(self.path, self.key, list_h5_datasets(self.path))
         f = h5py.File(self.path, "r")
         ds = f[key]
         if ds.ndim == 2:
@@ -252,12 +244,12 @@ class Volume:
         """The voxels of ``box`` ((z, y, x) slices, default the whole volume) as a numpy array.
 
         ``check_finite``: NaN or infinite voxels are a DataError naming the volume (as
-        :func:`~mito_monai.data.io.read_volume` does).
+        :func:`~mito_monai.io.read_volume` does).
         """
         box = _full(box, self.shape)
         data = np.asarray(self._read(box))
         if check_finite and not self.label:
-            _finish(data, str(self), False)
+            finish_array(data, str(self), False)
         if self.label:
             return (data != 0).astype(np.uint8)
         if data.dtype == bool:
@@ -303,43 +295,3 @@ def open_volume(
 ) -> Volume:
     """Open any supported stack (or a list of 2D slice files) lazily; see :class:`Volume`."""
     return Volume(path, key, missing_chunks, label)
-
-
-class SlabBoxWriter:
-    """Write (z, y, x) boxes to a slice-by-slice :class:`~mito_monai.data.io.VolumeWriter`.
-
-    Boxes are collected per slab of slices (``slab`` slices starting at multiples of ``slab``); when every
-    voxel of a slab has been written, its slices go to the writer and the slab is freed, so memory holds
-    one slab (or a few when blocks arrive out of order). Slabs are flushed in z order (TIFF needs it).
-
-    Args:
-        writer: an open volume writer of shape (Z, Y, X).
-        slab: the z size of the blocks that will be written.
-        scale_probabilities: write float probabilities in [0, 1] as uint8 0-255.
-    """
-
-    def __init__(self, writer: VolumeWriter, slab: int, scale_probabilities: bool = False) -> None:
-        self.writer = writer
-        self.slab = int(slab)
-        self.scale_probabilities = scale_probabilities
-        self._pending: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._next = 0
-
-    def write(self, box: Box, data: np.ndarray) -> None:
-        z0 = box[0].start
-        start = z0 - z0 % self.slab
-        depth = min(self.slab, self.writer.shape[0] - start)
-        if start not in self._pending:
-            self._pending[start] = (np.zeros((depth, *self.writer.shape[1:]), self.writer.dtype),
-                                    np.zeros((depth, *self.writer.shape[1:]), bool))
-        buf, filled = self._pending[start]
-        if self.scale_probabilities:
-            data = np.round(np.asarray(data, np.float32) * 255).astype(np.uint8)
-        local = (slice(box[0].start - start, box[0].stop - start), box[1], box[2])
-        buf[local] = data
-        filled[local] = True
-        while self._next in self._pending and self._pending[self._next][1].all():
-            buf, _ = self._pending.pop(self._next)
-            for i, sl in enumerate(buf):
-                self.writer.write_slice(self._next + i, sl)
-            self._next += len(buf)

@@ -25,7 +25,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from mito_monai.data.layouts import open_split
+from mito_monai.datasets.splits import open_split
 
 __all__ = ["PARTITIONS", "SAMPLINGS", "Partition", "labelled_count", "parse_partition", "partition_slices", "partition_split"]
 

@@ -19,7 +19,7 @@ from types import TracebackType
 
 from monai.utils import OptionalImportError
 
-from mito_monai.data.errors import DataError
+from mito_monai.io.errors import DataError
 
 __all__ = ["DEBUG_ENV", "USER_ERROR_EXIT_CODE", "report_user_errors", "user_error_message"]
 
@@ -52,7 +52,7 @@ def user_error_message(exc: BaseException) -> str | None:
     """
     The one-line message meant for the user in ``exc``'s chain, or ``None`` when ``exc`` looks like a bug.
 
-    A user error is, anywhere in the chain (outermost first): a :class:`mito_monai.data.DataError`, a
+    A user error is, anywhere in the chain (outermost first): a :class:`mito_monai.io.DataError`, a
     ``FileNotFoundError``, a missing package (MONAI's ``OptionalImportError``, ``ModuleNotFoundError``), or
     a ``ValueError`` / ``TypeError`` raised by this package's own code (argument and input checks).
     """

@@ -1,4 +1,4 @@
-"""Errors raised by :mod:`mito_monai.data`."""
+"""Errors raised by :mod:`mito_monai.io` and :mod:`mito_monai.datasets`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,210 @@
+"""The network applied to blocks of a stack: weights, sliding windows, normalisation, precision and threshold."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data.utils import compute_importance_map
+from monai.inferers import Inferer
+from torch import nn
+
+from mito_monai.inference.blocks import Block, fitted_window, window_starts
+from mito_monai.runtime.checkpoint_files import load_checkpoint
+from mito_monai.transforms import NormalizePerSlice
+
+__all__ = ["BlockPredictor", "normalize_slice"]
+
+_NORMALIZE = NormalizePerSlice()
+
+
+def normalize_slice(image: np.ndarray) -> np.ndarray:
+    """Min-max normalise one 2D slice to [0, 1] in float32; a constant slice becomes zeros.
+
+    The same per-slice normalisation as the training transforms
+    (:class:`mito_monai.transforms.NormalizePerSliced`).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise ValueError(f"slice has {int((~np.isfinite(image)).sum())} NaN/Inf pixels.")
+    return np.asarray(_NORMALIZE(image), dtype=np.float32)
+
+
+class BlockPredictor:
+    """Foreground probabilities of blocks of a (Z, Y, X) stack with a 2D network, window by window.
+
+    Sliding windows (Gaussian-weighted overlap, MONAI's weighting) lie on one lattice fixed by the whole slice, so
+    a block that reads its core plus a halo of one window gets, for its core, exactly what the whole slice would.
+    With ``max_window`` the windows grow beyond ``roi_size`` (the network is fully convolutional): one window per
+    whole slice when the slice fits in ``max_window``, else the fewest windows of at most ``max_window`` that keep
+    the configured window's overlap in pixels (:func:`~mito_monai.inference.blocks.fitted_window`). Batches hold
+    about ``sw_batch_size`` windows of ``roi_size`` worth of pixels. The foreground probability is softmax
+    channel 1 of 2-class logits, or the sigmoid of 1-channel logits.
+
+    This is what a block task holds (and what a Dask worker receives): the network and its settings, nothing of
+    the run's input or outputs.
+
+    Args:
+        network: a 2D network giving (B, 2, H, W) or (B, 1, H, W) logits (or a tuple whose first entry is).
+        inferer: a :class:`monai.inferers.SlidingWindowInferer` whose ``roi_size``, ``sw_batch_size``,
+            ``overlap``, ``mode`` and ``sigma_scale`` are used; defaults to ``roi_size``, 4, 0.5, gaussian.
+        roi_size: window size when no inferer is given (the papers use 512 x 512).
+        device: where the network runs.
+        threshold: foreground probability at or above which a pixel is mitochondria.
+        amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA).
+        checkpoint: optional path of a ``model.pt`` (state dict, loaded with ``weights_only=True``).
+        channels_last: run the network in channels-last memory format (faster on CPU with ``amp``).
+        max_window: largest window side the windows may grow to (None: always ``roi_size``); rounded to
+            the network's ``divisor`` (its size divisor) when it has one.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        inferer: Inferer | None = None,
+        roi_size: Sequence[int] = (512, 512),
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        amp: bool = False,
+        checkpoint: str | os.PathLike | None = None,
+        channels_last: bool = False,
+        max_window: int | None = None,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, map_location=self.device)
+            if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+                state = state["model"]
+            try:
+                self.network.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"{checkpoint} does not fit this network (were the channels changed?): {str(e).splitlines()[0]}"
+                ) from e
+        if inferer is not None:
+            if not hasattr(inferer, "roi_size"):
+                raise ValueError(f"inferer must be a monai.inferers.SlidingWindowInferer, got {type(inferer).__name__}.")
+            roi_size = inferer.roi_size
+            self.sw_batch_size = int(inferer.sw_batch_size)
+            self.overlap = float(np.max(inferer.overlap))
+            self.mode, self.sigma_scale = str(getattr(inferer.mode, "value", inferer.mode)), inferer.sigma_scale
+        else:
+            self.sw_batch_size, self.overlap, self.mode, self.sigma_scale = 4, 0.5, "gaussian", 0.125
+        self.roi_size = tuple(int(r) for r in roi_size)
+        if len(self.roi_size) != 2 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size must be two positive sizes (Y, X), got {roi_size}.")
+        if max_window is not None and int(max_window) < max(self.roi_size):
+            raise ValueError(f"max_window ({max_window}) must be at least the window {self.roi_size}.")
+        self.max_window = None if max_window is None else int(max_window)
+        self.multiple = int(getattr(network, "divisor", 1))
+        self.threshold = threshold
+        self.amp = amp
+        self.channels_last = channels_last
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self._weights: dict[tuple[int, int], torch.Tensor] = {}
+
+    # the network on windows -------------------------------------------------------------------
+    def _importance(self, window: tuple[int, int]) -> torch.Tensor:
+        if window not in self._weights:
+            self._weights[window] = compute_importance_map(
+                window, mode=self.mode, sigma_scale=self.sigma_scale, device=self.device
+            ).float()
+        return self._weights[window]
+
+    def windows(self, full: Sequence[int]) -> tuple[tuple[int, int], tuple[float, float]]:
+        """The (y, x) window size and overlap used on whole slices of size ``full`` (Y, X)."""
+        fits = [fitted_window(int(n), r, self.overlap, self.max_window, self.multiple) for n, r in zip(full, self.roi_size)]
+        return (fits[0][0], fits[1][0]), (fits[0][1], fits[1][1])
+
+    @torch.no_grad()
+    def forward_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, h, w) float32 of a batch of normalised windows (B, 1, h, w), under the configured precision."""
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            logits = self.network(x)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return logits.float()
+
+    def predict_region(self, image: np.ndarray, origin: Sequence[int], core: Sequence[slice], full: Sequence[int]) -> np.ndarray:
+        """Foreground probability (Z, cy, cx) float32 of the ``core`` (y, x) box of normalised slices.
+
+        Args:
+            image: (Z, H, W) normalised slices, the region ``origin`` (y0, x0) .. of the whole slice.
+            origin: global (y, x) position of ``image[:, 0, 0]``.
+            core: global (y, x) slices to predict; every window touching them must lie inside ``image``.
+            full: (Y, X) size of the whole slice (fixes the window lattice).
+        """
+        window, overlap = self.windows(full)
+        pads, starts, offset = [], [], []
+        for axis in range(2):
+            length, roi = int(full[axis]), window[axis]
+            if length < roi:  # the whole axis is in the region: reflect-pad it to one window, like MONAI
+                before = (roi - length) // 2
+                pads.append((before, roi - length - before))
+                starts.append([-before])
+            else:
+                pads.append((0, 0))
+                c = core[axis]
+                starts.append([s for s in window_starts(length, roi, overlap[axis]) if s < c.stop and s + roi > c.start])
+            offset.append(int(origin[axis]) - pads[-1][0])
+        if any(p != (0, 0) for p in pads):
+            image = np.pad(image, [(0, 0), *pads], mode="reflect" if min(image.shape[1:]) > 1 else "edge")
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[:, None]
+        weights = self._importance(window)
+        ry, rx = window
+        windows = [(z, sy - offset[0], sx - offset[1]) for z in range(x.shape[0]) for sy in starts[0] for sx in starts[1]]
+        per_batch = max(1, self.sw_batch_size * self.roi_size[0] * self.roi_size[1] // (ry * rx))
+        acc = wsum = None
+        for i in range(0, len(windows), per_batch):
+            batch = windows[i : i + per_batch]
+            logits = self.forward_windows(torch.cat([x[z : z + 1, :, iy : iy + ry, ix : ix + rx] for z, iy, ix in batch]))
+            if acc is None:
+                acc = torch.zeros((x.shape[0], logits.shape[1], *x.shape[2:]), device=self.device)
+                wsum = torch.zeros(x.shape[2:], device=self.device)
+                counted = set()
+            for (z, iy, ix), out in zip(batch, logits):
+                acc[z, :, iy : iy + ry, ix : ix + rx] += out * weights
+                if (iy, ix) not in counted:
+                    wsum[iy : iy + ry, ix : ix + rx] += weights
+                    counted.add((iy, ix))
+        cy = slice(core[0].start - offset[0], core[0].stop - offset[0])
+        cx = slice(core[1].start - offset[1], core[1].stop - offset[1])
+        logits = acc[:, :, cy, cx] / wsum[cy, cx]
+        prob = torch.softmax(logits, dim=1)[:, 1] if logits.shape[1] > 1 else torch.sigmoid(logits[:, 0])
+        return prob.cpu().numpy().astype(np.float32)
+
+    def predict_slice(self, image: np.ndarray) -> np.ndarray:
+        """Foreground probability (Y, X) float32 of one raw 2D slice (Y, X)."""
+        if image.ndim != 2:
+            raise ValueError(f"expected one 2D slice (Y, X), got shape {image.shape}.")
+        full = image.shape
+        return self.predict_region(normalize_slice(image)[None], (0, 0), (slice(0, full[0]), slice(0, full[1])), full)[0]
+
+    @staticmethod
+    def normalize_block(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """Min-max normalise a (Z, H, W) read box with the per-slice ``low``/``high`` of the whole slices."""
+        raw = np.asarray(raw)
+        raw = raw.astype(np.float64 if raw.dtype == np.float64 else np.float32, copy=False)
+        span = high - low
+        norm = (raw - low[:, None, None]) / np.where(span > 0, span, 1.0)[:, None, None]
+        return norm.astype(np.float32)
+
+    def predict_normalized_block(self, norm: np.ndarray, block: Block, full: Sequence[int]) -> np.ndarray:
+        """Probabilities of ``block.core`` from its normalised read box (Z, H, W)."""
+        origin = (block.read[1].start, block.read[2].start)
+        return self.predict_region(norm, origin, block.core[1:], full)
+
+    def predict_block(self, raw: np.ndarray, block: Block, low: np.ndarray, high: np.ndarray, full: Sequence[int]) -> np.ndarray:
+        """Probabilities of ``block.core`` from its ``raw`` read box (Z, H, W), normalised with the
+        per-slice ``low``/``high`` of the whole slices (one entry per slice of the block)."""
+        return self.predict_normalized_block(self.normalize_block(raw, low, high), block, full)
