@@ -82,6 +82,13 @@ def test_foreground_prior_from_the_source_labels(tmp_path):
     assert foreground_prior("0.07", "vnc3", tmp_path / "missing", "train") == pytest.approx(0.07)
     with pytest.raises(ValueError, match="source-free run"):
         foreground_prior("source", "vnc3", root / "source", "train", source_free=True)
+    # source-free: the fraction recorded in the source model's card, the source itself is not read
+    (tmp_path / "model.json").write_text('{"source_foreground_fraction": 0.061}')
+    assert foreground_prior("source", "vnc3", tmp_path / "missing", "train", source_free=True,
+                            source_model=tmp_path / "model.pt") == pytest.approx(0.061)
+    (tmp_path / "model.json").write_text('{"other": 1}')
+    with pytest.raises(ValueError, match="model.json: expected a JSON object"):
+        foreground_prior("source", "vnc3", tmp_path / "missing", "train", source_free=True, source_model=tmp_path / "model.pt")
     with pytest.raises(ValueError, match="in \\(0, 1\\)"):
         foreground_prior(1.5, "vnc3", root / "source", "train")
 
