@@ -13,15 +13,14 @@ import zarr
 from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
 
+from conftest import tiny_unet
 from mito_monai.io import read_volume
 from mito_monai.inference import BlockPlan, BlockSegmentation, StackSegmenter, window_starts
-from mito_monai.inference.blocks import fitted_window
-from mito_monai.networks.nets import MitoUNet
+from mito_monai.inference.block_plan import fitted_window
 
 
 def _net(seed=0):
-    torch.manual_seed(seed)
-    return MitoUNet(channels=(4, 8)).eval()
+    return tiny_unet(seed).eval()
 
 
 def _zarr_input(path, shape=(5, 70, 90), seed=0):

@@ -17,8 +17,9 @@ import torch
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from conftest import ToySlices
 from mito_monai.engines import DomainAdaptationTrainer, LossTerm
 from mito_monai.losses import (
     AgentRelationLoss,
@@ -33,23 +34,9 @@ RAMPUP = 2  # steps 0, 1, 2 of the test: ramp factors 0.0067, 0.29, 1
 FEATURE_PAIR = ["target_features_strong", "target_features_weak"]
 
 
-class Views(Dataset):
+def Views(n: int, labelled: bool, seed: int) -> ToySlices:
     """Fixed images: labelled source slices, or target slices with a weak and a different strong view."""
-
-    def __init__(self, n: int, labelled: bool, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 1, 16, 16, generator=g)
-        self.noise = 0.5 * torch.randn(n, 1, 16, 16, generator=g)
-        self.labelled = labelled
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.labelled:
-            return {"image": x, "label": (x > 0.5).float()}
-        return {"image_weak": x, "image_strong": (x + self.noise[i]).flip(-1)}
+    return ToySlices(n, labelled, seed, size=16, noise=0.5, label_dtype=torch.float)
 
 
 def _losses() -> dict[str, nn.Module]:

@@ -10,6 +10,7 @@ from ignite.engine import Events
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import TinyNet, ToySlices
 from mito_monai.engines import (
     DomainAdaptationTrainer,
     LossTerm,
@@ -23,34 +24,7 @@ from mito_monai.handlers import AtomicCheckpointSaver, resume_training
 from mito_monai.runtime import atomic_torch_save, latest_checkpoint, load_checkpoint
 
 
-class TinyNet(nn.Module):
-    """1 -> 4 features -> 2 logits; ``return_features`` like MitoUNet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Conv2d(1, 4, 3, padding=1)
-        self.head = nn.Conv2d(4, 2, 1)
-
-    def forward(self, x, return_features: bool = False):
-        f = torch.tanh(self.body(x))
-        logits = self.head(f)
-        return (logits, f) if return_features else logits
-
-
-class Slices(Dataset):
-    def __init__(self, n: int, labelled: bool = True, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 1, 8, 8, generator=g)
-        self.labelled = labelled
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.labelled:
-            return {"image": x, "label": (x > 0.5).long()}
-        return {"image_weak": x, "image_strong": x.flip(-1)}
+Slices = ToySlices
 
 
 class CountingLoader:

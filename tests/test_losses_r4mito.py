@@ -10,8 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from mito_monai.losses import (
-    AgentCorrelationConsistencyLoss,
-    AgentRankConsistencyLoss,
     AgentRelationLoss,
     FeatureConsistencyLoss,
     PrototypePseudoLabelLoss,
@@ -23,8 +21,29 @@ from mito_monai.losses import (
     gather_agents,
     log_plackett_luce,
     plackett_luce,
+    rank_consistency,
     select_agents,
 )
+
+
+def _corr(**kwargs):
+    """L_corr alone: the first value of :class:`AgentRelationLoss`."""
+    loss = AgentRelationLoss(**kwargs)
+
+    def corr(strong, weak):
+        return loss(strong, weak)[0]
+
+    return corr
+
+
+def _rank(**kwargs):
+    """L_rank alone: the second value of :class:`AgentRelationLoss`."""
+    loss = AgentRelationLoss(**kwargs)
+
+    def rank(strong, weak):
+        return loss(strong, weak)[1]
+
+    return rank
 
 # ----------------------------------------------------------------------------------------------------------------
 # references written with plain python loops
@@ -229,14 +248,14 @@ def test_gather_and_correlation_match_manual():
 
 def _agent_losses():
     return [
-        AgentCorrelationConsistencyLoss(num_agents=6, pool_stride=2),
-        AgentRankConsistencyLoss(num_agents=6, topk=4, pool_stride=2),
-        AgentCorrelationConsistencyLoss(num_agents=5, strategy="random", pool_stride=1),
-        AgentRankConsistencyLoss(num_agents=80, topk=3, strategy="all", pool_stride=1),
+        _corr(num_agents=6, pool_stride=2),
+        _rank(num_agents=6, topk=4, pool_stride=2),
+        _corr(num_agents=5, strategy="random", pool_stride=1),
+        _rank(num_agents=80, topk=3, strategy="all", pool_stride=1),
     ]
 
 
-@pytest.mark.parametrize("loss", [FeatureConsistencyLoss()] + _agent_losses(), ids=lambda x: type(x).__name__)
+@pytest.mark.parametrize("loss", [FeatureConsistencyLoss()] + _agent_losses(), ids=lambda x: getattr(x, "__name__", type(x).__name__))
 def test_feature_consistency_terms(loss):
     strong, weak = _views()
     same = loss(weak.detach().clone().requires_grad_(True), weak)
@@ -281,13 +300,12 @@ def test_pseudo_label_consistency():
 def test_agent_relation_loss_shares_one_selection_and_matches_separate_terms():
     strong, weak = _views((2, 6, 8, 8))
     corr, rank = AgentRelationLoss(num_agents=8, topk=4, pool_stride=2)(strong, weak)
-    separate_corr = AgentCorrelationConsistencyLoss(8, pool_stride=2)(strong, weak)
+    separate_corr = _corr(num_agents=8, topk=1, pool_stride=2)(strong, weak)  # L_corr does not depend on topk
     assert corr.item() == pytest.approx(separate_corr.item(), rel=1e-6)
-    assert rank.item() == pytest.approx(AgentRankConsistencyLoss(8, 4, pool_stride=2)(strong, weak).item(), rel=1e-6)
     relations = agent_relations(strong, weak, num_agents=8, pool_stride=2)
     assert relations.log_corr_strong.shape == (2, 16, 8) and relations.spatial_shape == (4, 4)
     assert not relations.log_corr_weak.requires_grad
-    per_pixel = AgentRankConsistencyLoss(8, 4, pool_stride=2, reduction="none").from_relations(relations)
+    per_pixel = rank_consistency(relations, 4, "none", False)
     assert per_pixel.shape == (2, 4, 4) and per_pixel.mean().item() == pytest.approx(rank.item(), rel=1e-6)
 
 
@@ -297,21 +315,21 @@ def test_agent_losses_match_manual_kl():
     c_w = agent_correlation(weak.detach(), gather_agents(weak.detach(), idx))[0]
     c_s = agent_correlation(strong.detach(), gather_agents(strong.detach(), idx))[0]
     kl_corr = sum((c_w[i] * (c_w[i].log() - c_s[i].log())).sum().item() for i in range(6)) / 6
-    assert AgentCorrelationConsistencyLoss(3, pool_stride=1)(strong, weak).item() == pytest.approx(kl_corr, rel=1e-5)
+    assert _corr(num_agents=3, pool_stride=1)(strong, weak).item() == pytest.approx(kl_corr, rel=1e-5)
     kl_rank = 0.0
     for i in range(6):
         top = sorted(range(3), key=lambda j: -c_w[i, j].item())[:2]
         p_w = _pl_reference([c_w[i, j].item() for j in top])
         p_s = _pl_reference([c_s[i, j].item() for j in top])
         kl_rank += sum(a * math.log(a / b) for a, b in zip(p_w, p_s))
-    rank = AgentRankConsistencyLoss(3, topk=2, pool_stride=1)(strong, weak)
+    rank = _rank(num_agents=3, topk=2, pool_stride=1)(strong, weak)
     assert rank.item() == pytest.approx(kl_rank / 6, rel=1e-4)
 
     # entry_mean: the scale of torch.nn.KLDivLoss(reduction="mean") over (pixels, entries), as in RankMatch
     kl_div_mean = torch.nn.KLDivLoss(reduction="mean")(c_s.log(), c_w).item()
-    corr_mean = AgentCorrelationConsistencyLoss(3, pool_stride=1, entry_mean=True)(strong, weak)
+    corr_mean = _corr(num_agents=3, pool_stride=1, entry_mean=True)(strong, weak)
     assert corr_mean.item() == pytest.approx(kl_div_mean, rel=1e-5) and kl_div_mean == pytest.approx(kl_corr / 3, rel=1e-5)
-    rank_mean = AgentRankConsistencyLoss(3, topk=2, pool_stride=1, entry_mean=True)(strong, weak)
+    rank_mean = _rank(num_agents=3, topk=2, pool_stride=1, entry_mean=True)(strong, weak)
     assert rank_mean.item() == pytest.approx(kl_rank / 6 / 2, rel=1e-4)  # 2! orderings
     both = AgentRelationLoss(3, topk=2, pool_stride=1, entry_mean=True)(strong, weak)
     assert both[0].item() == pytest.approx(corr_mean.item()) and both[1].item() == pytest.approx(rank_mean.item())
@@ -437,8 +455,8 @@ def _all_terms(strong, weak, fs, ys, yt, logits_s, logits_w):
         FeatureConsistencyLoss()(strong, weak),
         PseudoLabelConsistencyLoss()(logits_s, logits_w),
         PrototypePseudoLabelLoss()(fs, ys, weak, strong, yt),
-        AgentCorrelationConsistencyLoss(num_agents=128, pool_stride=1)(strong, weak),
-        AgentRankConsistencyLoss(num_agents=3, topk=4, pool_stride=4)(strong, weak),
+        _corr(num_agents=128, pool_stride=1)(strong, weak),
+        _rank(num_agents=3, topk=4, pool_stride=4)(strong, weak),
         corr,
         rank,
     ]

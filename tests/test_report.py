@@ -183,7 +183,7 @@ def test_error_overlay_colours_tp_fp_fn_distinctly():
 
 def test_prototype_similarity_and_agent_maps_on_known_features():
     from mito_monai.losses.agents import select_agents
-    from mito_monai.visualize.report_data import agent_maps, prototype_similarity
+    from mito_monai.visualize.run_report_data import agent_maps, prototype_similarity
 
     # source: background pixels along e0, mitochondria along e1; target pixels at known angles
     src = torch.zeros(1, 2, 2, 2)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from ignite.engine import Events
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from conftest import ToySlices
 from mito_monai.datasets import labelled_count, make_demo_data, parse_partition, partition_slices, partition_split
 from mito_monai.engines import SSL_METHODS, LossTerm, SemiSupervisedTrainer, method_terms
 from mito_monai.losses import (
@@ -32,20 +33,8 @@ def tiny_dualrel(seed: int = 0) -> DualRelNet:
     return net.double()
 
 
-class Slices(Dataset):
-    def __init__(self, n: int, labelled: bool, seed: int = 0, size: int = 32) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 1, size, size, generator=g, dtype=torch.float64)
-        self.labelled = labelled
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.labelled:
-            return {"image": x, "label": (x > 0.5).long()}
-        return {"image_weak": x, "image_strong": 1.0 - x}
+def Slices(n: int, labelled: bool, seed: int = 0, size: int = 32) -> ToySlices:
+    return ToySlices(n, labelled, seed, size=size, dtype=torch.float64, strong=lambda x, noise: 1.0 - x)
 
 
 class Forbidden:

@@ -21,8 +21,9 @@ import torch
 from ignite.engine import Events
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from conftest import ToySlices, tiny_unet
 from mito_monai.engines import DomainAdaptationTrainer, LossTerm
 from mito_monai.losses import FeatureConsistencyLoss, PrototypePseudoLabelLoss, PseudoLabelConsistencyLoss
 from mito_monai.networks.nets import MitoUNet
@@ -30,24 +31,12 @@ from mito_monai.networks.nets import MitoUNet
 REPO = Path(__file__).resolve().parents[1]
 
 
-class TargetViews(Dataset):
-    """Fixed unlabelled target slices: a weak view and a different strong view of each."""
-
-    def __init__(self, n: int = 4, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = 0.3 + 0.5 * torch.rand(n, 1, 16, 16, generator=g)  # shifted statistics
-        self.noise = 0.3 * torch.randn(n, 1, 16, 16, generator=g)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return {"image_weak": self.images[i], "image_strong": (self.images[i] + self.noise[i]).flip(-1)}
+def TargetViews(n: int = 4, seed: int = 0) -> ToySlices:
+    """Fixed unlabelled target slices (shifted statistics): a weak view and a different strong view of each."""
+    return ToySlices(n, labelled=False, seed=seed, size=16, low=0.3, scale=0.5, noise=0.3)
 
 
-def _net(seed: int = 0) -> MitoUNet:
-    torch.manual_seed(seed)
-    return MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8))
+_net = tiny_unet
 
 
 def _trainer(net, loader, terms, **kwargs) -> DomainAdaptationTrainer:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
+from conftest import TinyNet, ToySlices
 from mito_monai.engines import DomainAdaptationTrainer, LossTerm
 from mito_monai.handlers import AtomicCheckpointSaver, LabelFreeSelection, resume_training
 from mito_monai.runtime import init_from_checkpoint
@@ -19,37 +20,15 @@ from mito_monai.losses import FeatureConsistencyLoss, PseudoLabelConsistencyLoss
 from mito_monai.metrics import LabelFreeScores, binary_entropy, mask_agreement
 
 
-class BNNet(nn.Module):
-    """1 -> 4 features (with BatchNorm) -> 2 logits; ``return_features`` like MitoUNet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Conv2d(1, 4, 3, padding=1)
-        self.norm = nn.BatchNorm2d(4)
-        self.head = nn.Conv2d(4, 2, 1)
-
-    def forward(self, x, return_features: bool = False):
-        f = torch.tanh(self.norm(self.body(x)))
-        logits = self.head(f)
-        return (logits, f) if return_features else logits
+def BNNet() -> TinyNet:
+    return TinyNet(batch_norm=True)
 
 
-class Views(Dataset):
+def Views(n: int, target: bool = False, seed: int = 0) -> ToySlices:
     """Labelled source slices, or unlabelled target slices with two views (the target never has labels)."""
-
-    def __init__(self, n: int, target: bool = False, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 1, 8, 8, generator=g) + (0.5 if target else 0.0)
-        self.target = target
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):
-        x = self.images[i]
-        if self.target:
-            return {"image_weak": x, "image_strong": x.flip(-1) * 0.9, "image": x}
-        return {"image": x, "label": (x > 0.5).long()}
+    return ToySlices(
+        n, not target, seed, low=0.5 if target else 0.0, strong=lambda x, noise: x.flip(-1) * 0.9, with_image=True
+    )
 
 
 def _terms() -> dict:
@@ -106,7 +85,7 @@ def test_warm_start_reads_a_training_checkpoint_and_names_a_misfit(tmp_path):
     assert torch.equal(net.head.weight, source.head.weight)
     other = nn.Sequential(nn.Conv2d(1, 3, 3))
     torch.save(other.state_dict(), tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"other\.pt does not fit the network BNNet.*missing"):
+    with pytest.raises(ValueError, match=r"other\.pt does not fit the network TinyNet.*missing"):
         init_from_checkpoint(BNNet(), tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"junk\.pt is not a readable PyTorch checkpoint"):

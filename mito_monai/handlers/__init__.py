@@ -3,9 +3,9 @@ history and report, label-free selection."""
 
 from mito_monai.handlers.checkpoint import AtomicCheckpointSaver, resume_training, run_state_objects
 from mito_monai.handlers.history import TrainingHistory, output_scalars
-from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params
+from mito_monai.handlers.mlflow_extras import MLflowRunExtras, flatten_params, term_params
 from mito_monai.handlers.selection import LabelFreeSelection
-from mito_monai.handlers.report import (
+from mito_monai.handlers.evaluation import (
     EvaluationReport,
     FinalEvaluation,
     format_metrics_table,
@@ -23,6 +23,7 @@ __all__ = [
     "RunReport",
     "TrainingHistory",
     "flatten_params",
+    "term_params",
     "format_metrics_table",
     "output_scalars",
     "report_metrics",

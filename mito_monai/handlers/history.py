@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from mito_monai.runtime.distributed import is_main_process
-from mito_monai.handlers.report import scalar_metrics
+from mito_monai.handlers.evaluation import scalar_metrics
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, append_history_record, read_history
 
 __all__ = ["TrainingHistory", "output_scalars"]

@@ -10,9 +10,12 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from mito_monai.engines import LossTerm
 from mito_monai.handlers.history import output_scalars
 
-__all__ = ["MLflowRunExtras", "flatten_params"]
+__all__ = ["MLflowRunExtras", "flatten_params", "term_params"]
+
+_PARAM_TYPES = (bool, numbers.Number, str, type(None))
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -26,6 +29,35 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
             out[name] = str(list(value))
         else:
             out[name] = str(value)
+    return out
+
+
+def term_params(terms: Mapping[str, LossTerm]) -> dict[str, dict[str, Any]]:
+    """What each loss term of a run is: its switch, weight, ramp-up, loss class and the loss's settings.
+
+    The settings are the loss module's public attributes that are plain values (numbers, strings, booleans,
+    None, lists of those), so a new loss option is logged without listing it anywhere.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, term in terms.items():
+        loss = term.loss
+        settings = {
+            key: value
+            for key, value in vars(loss).items()
+            if not key.startswith("_")
+            and key != "training"
+            and (
+                isinstance(value, _PARAM_TYPES)
+                or (isinstance(value, (list, tuple)) and all(isinstance(v, _PARAM_TYPES) for v in value))
+            )
+        }
+        out[name] = {
+            "enabled": term.enabled,
+            "weight": term.weight,
+            "rampup_iterations": term.rampup_iterations,
+            "loss": type(loss).__name__,
+            **settings,
+        }
     return out
 
 
@@ -49,6 +81,8 @@ class MLflowRunExtras:
 
     Args:
         params: run parameters (nested dicts are flattened to ``a.b``).
+        terms: the run's loss terms (name -> :class:`~mito_monai.engines.LossTerm`), logged as
+            ``terms.<name>.*`` by :func:`term_params`: every term, its switch, weight, ramp-up and loss settings.
         prefixes: output keys to log per iteration.
         log_every: iteration interval.
         handlers: the handler objects of the engine this one is attached to, searched for MONAI's
@@ -61,6 +95,7 @@ class MLflowRunExtras:
     def __init__(
         self,
         params: Mapping[str, Any] | None = None,
+        terms: Mapping[str, LossTerm] | None = None,
         prefixes: Sequence[str] = ("loss_", "weight_"),
         log_every: int = 1,
         handlers: Sequence[Any] = (),
@@ -68,7 +103,7 @@ class MLflowRunExtras:
     ) -> None:
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}.")
-        self.params = flatten_params(params or {})
+        self.params = flatten_params({**(params or {}), **({"terms": term_params(terms)} if terms else {})})
         self.prefixes = tuple(prefixes)
         self.log_every = log_every
         self.handlers = list(handlers or ())

@@ -13,8 +13,8 @@ from ignite.engine import Engine, Events
 from mito_monai.runtime.distributed import is_main_process
 from mito_monai.metrics import from_logits_output
 from mito_monai.visualize.history import HISTORY_FILE
-from mito_monai.visualize.report import FIGURE_FILES, METRICS_FILE, write_report
-from mito_monai.visualize.report_data import (
+from mito_monai.visualize.run_report import FIGURE_FILES, METRICS_FILE, write_report
+from mito_monai.visualize.run_report_data import (
     REPORT_DATA_FILE,
     ReportData,
     SliceStatistics,

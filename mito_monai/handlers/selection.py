@@ -14,7 +14,7 @@ from ignite.engine import Engine, Events
 
 from mito_monai.runtime.distributed import is_main_process
 from mito_monai.runtime.checkpoint_files import atomic_torch_save, unwrap_module
-from mito_monai.handlers.report import scalar_metrics
+from mito_monai.handlers.evaluation import scalar_metrics
 from mito_monai.metrics.label_free import LABEL_FREE_CRITERIA, LabelFreeScores
 
 __all__ = ["LabelFreeSelection"]

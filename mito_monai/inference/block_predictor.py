@@ -11,7 +11,7 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import Inferer
 from torch import nn
 
-from mito_monai.inference.blocks import Block, fitted_window, window_starts
+from mito_monai.inference.block_plan import Block, fitted_window, window_starts
 from mito_monai.runtime.checkpoint_files import load_checkpoint
 from mito_monai.transforms import NormalizePerSlice
 
@@ -39,7 +39,7 @@ class BlockPredictor:
     a block that reads its core plus a halo of one window gets, for its core, exactly what the whole slice would.
     With ``max_window`` the windows grow beyond ``roi_size`` (the network is fully convolutional): one window per
     whole slice when the slice fits in ``max_window``, else the fewest windows of at most ``max_window`` that keep
-    the configured window's overlap in pixels (:func:`~mito_monai.inference.blocks.fitted_window`). Batches hold
+    the configured window's overlap in pixels (:func:`~mito_monai.inference.block_plan.fitted_window`). Batches hold
     about ``sw_batch_size`` windows of ``roi_size`` worth of pixels. The foreground probability is softmax
     channel 1 of 2-class logits, or the sigmoid of 1-channel logits.
 

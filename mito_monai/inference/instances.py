@@ -1,6 +1,6 @@
 """3D instances from a semantic mask, block by block, merged across block borders.
 
-Three passes over a :class:`~mito_monai.inference.blocks.BlockPlan` (no halo), so memory is set by the
+Three passes over a :class:`~mito_monai.inference.block_plan.BlockPlan` (no halo), so memory is set by the
 block size: (1) every block is labelled on its own with :func:`scipy.ndimage.label` (6- or
 26-connectivity) and its labels are offset to be unique in the volume; (2) on every lower face of a block
 the two planes that meet there are compared (with the diagonal neighbours for 26-connectivity) and
@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from mito_monai.io import DataError, ZarrBoxWriter, create_ome_zarr_image, is_zarr_path, open_volume, write_volume
-from mito_monai.inference.blocks import BlockPlan
+from mito_monai.inference.block_plan import BlockPlan
 
 __all__ = ["label_instances", "split_touching", "SPLITS"]
 

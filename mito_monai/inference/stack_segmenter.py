@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from mito_monai.inference.block_predictor import BlockPredictor, normalize_slice
-from mito_monai.inference.blocks import BlockPlan
+from mito_monai.inference.block_plan import BlockPlan
 from mito_monai.inference.executors import make_executor
 from mito_monai.inference.tasks import BlocksDone, BlockSegmentation, SliceStats, merge_slice_stats
 from mito_monai.io import (
@@ -47,7 +47,7 @@ class StackSegmenter:
     """Segment mitochondria in a (Z, Y, X) stack of any size with a 2D network.
 
     The volume is cut into blocks of ``block_slices`` slices x ``block_tile`` square tiles
-    (:class:`~mito_monai.inference.blocks.BlockPlan`). A block reads its core plus a halo of one window, and its
+    (:class:`~mito_monai.inference.block_plan.BlockPlan`). A block reads its core plus a halo of one window, and its
     :class:`~mito_monai.inference.block_predictor.BlockPredictor` runs every window that touches the core (in
     batches, across the block's slices and tiles), blends them and gives back only the core. So the output is the
     same for any block grid, and peak memory is set by the block size, not the volume. Each slice is min-max

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mito_monai.inference.block_predictor import BlockPredictor
-from mito_monai.inference.blocks import BlockPlan
+from mito_monai.inference.block_plan import BlockPlan
 from mito_monai.io import Volume, open_volume
 
 __all__ = ["SliceStats", "merge_slice_stats", "BlockSegmentation", "BlocksDone"]

@@ -1,8 +1,7 @@
 """Loss terms of the mitochondria adaptation methods, one MONAI-style loss per concept.
 
 R4MITO (DESIGN section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
-``PrototypePseudoLabelLoss`` (L_pro), ``AgentCorrelationConsistencyLoss`` (L_corr),
-``AgentRankConsistencyLoss`` (L_rank) and ``AgentRelationLoss`` (L_corr and L_rank sharing one agent step).
+``PrototypePseudoLabelLoss`` (L_pro) and ``AgentRelationLoss`` (L_corr and L_rank, sharing one agent step).
 From the public CAFA code (not in R4MITO's text): ``PrototypeAlignmentLoss`` (source compactness, prototype
 separation, target alignment).
 
@@ -12,8 +11,6 @@ Its semi-supervised baselines: ``SoftmaxConsistencyLoss`` (Mean Teacher), ``Cros
 
 from .agents import (
     AGENT_STRATEGIES,
-    AgentCorrelationConsistencyLoss,
-    AgentRankConsistencyLoss,
     AgentRelationLoss,
     AgentRelations,
     agent_correlation,
@@ -33,8 +30,6 @@ from .semi_supervised import CrossPseudoSupervisionLoss, SoftmaxConsistencyLoss
 
 __all__ = [
     "AGENT_STRATEGIES",
-    "AgentCorrelationConsistencyLoss",
-    "AgentRankConsistencyLoss",
     "AgentRelationLoss",
     "AgentRelations",
     "CrossPseudoSupervisionLoss",

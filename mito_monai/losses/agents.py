@@ -37,8 +37,6 @@ from ._utils import check_feature_pair, reduce_loss
 
 __all__ = [
     "AGENT_STRATEGIES",
-    "AgentCorrelationConsistencyLoss",
-    "AgentRankConsistencyLoss",
     "AgentRelationLoss",
     "AgentRelations",
     "agent_correlation",
@@ -307,139 +305,28 @@ def rank_consistency(
         return _per_pixel(kl, entry_mean, relations, reduction)
 
 
-class _AgentLoss(_Loss):
-    """Argument validation and the shared relation step of the agent losses."""
-
-    def __init__(
-        self,
-        num_agents: int,
-        strategy: str,
-        temperature: float,
-        pool_stride: int,
-        reduction: LossReduction | str,
-        normalize: bool = False,
-        entry_mean: bool = False,
-    ) -> None:
-        super().__init__(reduction=LossReduction(reduction).value)
-        _check_positive_int("num_agents", num_agents)
-        if strategy not in AGENT_STRATEGIES:
-            raise ValueError(f"strategy must be one of {AGENT_STRATEGIES}, got {strategy!r}.")
-        _check_temperature(temperature)
-        _check_positive_int("pool_stride", pool_stride)
-        self.num_agents = num_agents
-        self.strategy = strategy
-        self.temperature = float(temperature)
-        self.pool_stride = pool_stride
-        self.normalize = bool(normalize)
-        self.entry_mean = bool(entry_mean)
-
-    def relations(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> AgentRelations:
-        """:func:`agent_relations` with this loss's settings."""
-        return agent_relations(
-            features_strong,
-            features_weak,
-            self.num_agents,
-            self.strategy,
-            self.temperature,
-            self.pool_stride,
-            normalize=self.normalize,
-        )
-
-
-class AgentCorrelationConsistencyLoss(_AgentLoss):
+class AgentRelationLoss(_Loss):
     """
-    Correlation-wise consistency ``L_corr`` of R4MITO (DESIGN 3.3): KL(c^aug || c^Aug) of the agent-level
-    correlations, weak view detached, averaged over the (pooled) pixels.
+    ``L_corr`` and ``L_rank`` together, selecting the agents and computing the correlations once.
+
+    Returns the tuple ``(L_corr, L_rank)``; weight and sum them in the trainer (two
+    :class:`~mito_monai.engines.LossTerm` with ``output`` 0 and 1 share one call).
+
+    ``L_corr`` (R4MITO's correlation-wise consistency): KL(c^aug || c^Aug) of the agent-level correlations,
+    weak view detached, averaged over the (pooled) pixels. ``L_rank`` (rank-aware relationship consistency,
+    paper eq. 12-14): per pixel, the Plackett-Luce distributions over the orderings of the weak view's
+    top-``topk`` agents, compared with KL(P(.|c^aug) || P(.|c^Aug)), weak view detached.
 
     Args:
         num_agents: K agents selected on the weak view (R4MITO: 128).
+        topk: agents ranked per pixel for ``L_rank``, 1 to 8 (R4MITO: 4, i.e. 24 orderings).
         strategy: agent selection, ``"orthogonal"``, ``"random"`` or ``"all"`` (see :func:`select_agents`).
         temperature: T of ``softmax_k(F_i . a_k / T)`` (RankMatch/R4MITO: 1).
         pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
         reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
         normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
             (see :func:`agent_relations`).
-        entry_mean: average each pixel's KL over the entries of its distribution (K agents, ``topk!``
-            orderings) instead of summing them (see :class:`AgentRelationLoss`).
-    """
-
-    def __init__(
-        self,
-        num_agents: int = 128,
-        strategy: str = "orthogonal",
-        temperature: float = 1.0,
-        pool_stride: int = 4,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        normalize: bool = False,
-        entry_mean: bool = False,
-    ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
-
-    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            features_strong: (B, C, *spatial) strong-view features (receive the gradient).
-            features_weak: weak-view features, same shape (detached).
-        """
-        return self.from_relations(self.relations(features_strong, features_weak))
-
-    def from_relations(self, relations: AgentRelations) -> torch.Tensor:
-        """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentRankConsistencyLoss`)."""
-        return correlation_consistency(relations, self.reduction, self.entry_mean)
-
-
-class AgentRankConsistencyLoss(_AgentLoss):
-    """
-    Rank-aware relationship consistency ``L_rank`` of R4MITO (DESIGN 3.4, paper eq. 12-14): per pixel, the
-    Plackett-Luce distributions over the orderings of the weak view's top-``topk`` agents, compared with
-    KL(P(.|c^aug) || P(.|c^Aug)), weak view detached, averaged over the (pooled) pixels.
-
-    Args:
-        num_agents: K agents selected on the weak view (R4MITO: 128).
-        topk: agents ranked per pixel, 1 to 8 (R4MITO: 4, i.e. 24 orderings).
-        strategy: agent selection, ``"orthogonal"``, ``"random"`` or ``"all"`` (see :func:`select_agents`).
-        temperature: T of the agent-level correlation softmax.
-        pool_stride: average-pooling stride of both maps before everything else (1: full resolution).
-        reduction: ``"mean"``, ``"sum"``, or ``"none"`` for (B, *pooled spatial) per-pixel values.
-        normalize: correlate L2-normalised features (cosine / T) instead of raw dot products
-            (see :func:`agent_relations`).
-        entry_mean: average each pixel's KL over the entries of its distribution (K agents, ``topk!``
-            orderings) instead of summing them (see :class:`AgentRelationLoss`).
-    """
-
-    def __init__(
-        self,
-        num_agents: int = 128,
-        topk: int = 4,
-        strategy: str = "orthogonal",
-        temperature: float = 1.0,
-        pool_stride: int = 4,
-        reduction: LossReduction | str = LossReduction.MEAN,
-        normalize: bool = False,
-        entry_mean: bool = False,
-    ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
-        self.topk = _check_topk(topk)
-
-    def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            features_strong: (B, C, *spatial) strong-view features (receive the gradient).
-            features_weak: weak-view features, same shape (detached).
-        """
-        return self.from_relations(self.relations(features_strong, features_weak))
-
-    def from_relations(self, relations: AgentRelations) -> torch.Tensor:
-        """The loss from precomputed :func:`agent_relations` (shared with :class:`AgentCorrelationConsistencyLoss`)."""
-        return rank_consistency(relations, self.topk, self.reduction, self.entry_mean)
-
-
-class AgentRelationLoss(_AgentLoss):
-    """
-    ``L_corr`` and ``L_rank`` together, selecting the agents and computing the correlations once.
-
-    Returns the tuple ``(L_corr, L_rank)``; weight and sum them in the trainer. Arguments as in
-    :class:`AgentCorrelationConsistencyLoss` and :class:`AgentRankConsistencyLoss`.
+        entry_mean: average each pixel's KL over the entries of its distribution (see Scale below).
 
     Scale (``entry_mean``): DESIGN 3.3-3.4 average the per-pixel KL over pixels, summing over the
     entries of each pixel's distribution. The public RankMatch code, which R4MITO's rank term comes
@@ -459,8 +346,31 @@ class AgentRelationLoss(_AgentLoss):
         normalize: bool = False,
         entry_mean: bool = False,
     ) -> None:
-        super().__init__(num_agents, strategy, temperature, pool_stride, reduction, normalize, entry_mean)
+        super().__init__(reduction=LossReduction(reduction).value)
+        _check_positive_int("num_agents", num_agents)
+        if strategy not in AGENT_STRATEGIES:
+            raise ValueError(f"strategy must be one of {AGENT_STRATEGIES}, got {strategy!r}.")
+        _check_temperature(temperature)
+        _check_positive_int("pool_stride", pool_stride)
+        self.num_agents = num_agents
+        self.strategy = strategy
+        self.temperature = float(temperature)
+        self.pool_stride = pool_stride
+        self.normalize = bool(normalize)
+        self.entry_mean = bool(entry_mean)
         self.topk = _check_topk(topk)
+
+    def relations(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> AgentRelations:
+        """:func:`agent_relations` with this loss's settings."""
+        return agent_relations(
+            features_strong,
+            features_weak,
+            self.num_agents,
+            self.strategy,
+            self.temperature,
+            self.pool_stride,
+            normalize=self.normalize,
+        )
 
     def forward(self, features_strong: torch.Tensor, features_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """

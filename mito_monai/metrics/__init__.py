@@ -15,7 +15,6 @@ from mito_monai.metrics.segmentation import (
     expected_calibration_error_from_bins,
     segmentation_metrics,
     ssl_metrics,
-    uda_metrics,
 )
 
 __all__ = [
@@ -36,5 +35,4 @@ __all__ = [
     "instance_overlaps",
     "segmentation_metrics",
     "ssl_metrics",
-    "uda_metrics",
 ]

@@ -45,7 +45,6 @@ __all__ = [
     "expected_calibration_error_from_bins",
     "segmentation_metrics",
     "ssl_metrics",
-    "uda_metrics",
 ]
 
 # process at most this many voxels per chunk of slices (the average-precision sort holds a few float64 and
@@ -364,30 +363,8 @@ def _pick(results: Mapping, keys: tuple[str, ...]) -> dict:
     return {k: results[k] for k in keys}
 
 
-UDA_KEYS = ("mAP", "F1", "MCC", "IoU", "num_slices", "num_slices_without_foreground")
 SSL_KEYS = ("Dice", "Jaccard")
 SEGMENTATION_KEYS = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE", "num_slices", "num_slices_without_foreground")
-
-
-def uda_metrics(prob, label, threshold: float = 0.5) -> dict[str, float | int]:
-    """Slice-averaged metrics of the UDA papers (DA-ISC, CAFA, R4MITO).
-
-    Args:
-        prob: (Z, Y, X) foreground probabilities in [0, 1], or (Y, X) for one slice.
-        label: binary ground truth of the same shape.
-        threshold: the mask is ``prob >= threshold``.
-
-    Returns:
-        ``{"mAP", "F1", "MCC", "IoU", "num_slices", "num_slices_without_foreground"}``: each metric is
-        computed per slice along the first axis and averaged over slices; ``mAP`` averages only the slices that
-        have foreground (the others are counted in ``num_slices_without_foreground``). See the module docstring
-        for the degenerate cases.
-
-    Raises:
-        ValueError: shapes differ or are not 2D/3D, ``prob`` has values outside [0, 1] or NaN, ``label`` is not
-            binary.
-    """
-    return _pick(_volume_results(prob, label, threshold, num_bins=1), UDA_KEYS)
 
 
 def ssl_metrics(prob, label, threshold: float = 0.5) -> dict[str, float]:

@@ -4,8 +4,8 @@ A layer above metrics/networks/losses/engines: nothing lower imports it; handler
 """
 
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, append_history_record, read_history
-from mito_monai.visualize.report import FIGURE_FILES, find_eval_dir, render_html, write_compare_plot, write_report
-from mito_monai.visualize.report_data import REPORT_DATA_FILE, ReportData, SliceStatistics, pick_examples
+from mito_monai.visualize.run_report import FIGURE_FILES, find_eval_dir, render_html, write_compare_plot, write_report
+from mito_monai.visualize.run_report_data import REPORT_DATA_FILE, ReportData, SliceStatistics, pick_examples
 
 __all__ = [
     "FIGURE_FILES",

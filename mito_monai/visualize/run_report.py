@@ -19,7 +19,7 @@ from typing import Any
 from mito_monai.io.errors import DataError
 from mito_monai.visualize import figures
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, read_history
-from mito_monai.visualize.report_data import REPORT_DATA_FILE, ReportData, section
+from mito_monai.visualize.run_report_data import REPORT_DATA_FILE, ReportData, section
 
 __all__ = ["FIGURE_FILES", "METRICS_FILE", "find_eval_dir", "render_html", "write_compare_plot", "write_report"]
 

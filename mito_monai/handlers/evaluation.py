@@ -49,52 +49,6 @@ def format_metrics_table(metrics: Mapping[str, Any], title: str = "", columns: S
     return "\n".join(lines)
 
 
-class FinalEvaluation:
-    """When training completes, make sure ``evaluator`` has scored the final model, then report it.
-
-    Validation during training is for monitoring only: the reported figures are always those of the
-    final model (no checkpoint is chosen by its score on the evaluation stack). In a multi-process
-    run attach it on every rank (the evaluator's metrics are all-reduced over the ranks' shares of
-    the stack); rank 0 alone prints and writes the result.
-
-    Args:
-        evaluator: the validation evaluator (e.g. ``validate#evaluator``).
-        output_path: JSON file for the final metrics (``None`` = not written).
-        title: heading of the printed table.
-        extra: more fields for the JSON (e.g. method, seed).
-    """
-
-    def __init__(
-        self,
-        evaluator: Engine,
-        output_path: str | os.PathLike | None = None,
-        title: str = "final model on the evaluation stack",
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.evaluator = evaluator
-        self.output_path = Path(output_path) if output_path is not None else None
-        self.title = title
-        self.extra = dict(extra or {})
-        self.metrics: dict[str, float | int] = {}
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.COMPLETED, self)
-
-    def __call__(self, engine: Engine) -> None:
-        state = self.evaluator.state
-        if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:
-            self.evaluator.run(engine.state.epoch)
-        if not is_main_process():
-            self.metrics = scalar_metrics(self.evaluator.state.metrics)
-            return
-        self.metrics = report_metrics(
-            self.evaluator.state.metrics,
-            title=f"{self.title} (iteration {engine.state.iteration})",
-            output_path=self.output_path,
-            extra={"iteration": engine.state.iteration, **self.extra},
-        )
-
-
 class EvaluationReport:
     """Attach to an evaluator: when it completes, print its metrics as a table and write them as JSON.
 
@@ -117,6 +71,46 @@ class EvaluationReport:
 
     def __call__(self, engine: Engine) -> None:
         self.metrics = report_metrics(engine.state.metrics, self.title, self.output_path, self.extra)
+
+
+class FinalEvaluation(EvaluationReport):
+    """When training completes, make sure ``evaluator`` has scored the final model, then report it.
+
+    Validation during training is for monitoring only: the reported figures are always those of the
+    final model (no checkpoint is chosen by its score on the evaluation stack). In a multi-process
+    run attach it on every rank (the evaluator's metrics are all-reduced over the ranks' shares of
+    the stack); rank 0 alone prints and writes the result.
+
+    Args:
+        evaluator: the validation evaluator (e.g. ``validate#evaluator``).
+        output_path: JSON file for the final metrics (``None`` = not written).
+        title: heading of the printed table.
+        extra: more fields for the JSON (e.g. method, seed).
+    """
+
+    def __init__(
+        self,
+        evaluator: Engine,
+        output_path: str | os.PathLike | None = None,
+        title: str = "final model on the evaluation stack",
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(output_path, title, extra)
+        self.evaluator = evaluator
+
+    def __call__(self, engine: Engine) -> None:
+        state = self.evaluator.state
+        if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:
+            self.evaluator.run(engine.state.epoch)
+        if not is_main_process():
+            self.metrics = scalar_metrics(self.evaluator.state.metrics)
+            return
+        self.metrics = report_metrics(
+            self.evaluator.state.metrics,
+            title=f"{self.title} (iteration {engine.state.iteration})",
+            output_path=self.output_path,
+            extra={"iteration": engine.state.iteration, **self.extra},
+        )
 
 
 def report_metrics(
