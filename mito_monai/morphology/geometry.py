@@ -23,6 +23,7 @@ larger.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -84,6 +85,20 @@ def skeleton_statistics(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 
     return branches, length
 
 
+def _solidity(mask: np.ndarray) -> float:
+    """scikit-image's solidity, in the plane (or line) of an object one voxel thick along an axis (qhull needs a
+    full-dimensional point set); NaN where the hull cannot be built."""
+    from skimage.measure import regionprops_table
+
+    flat = np.squeeze(mask, axis=tuple(a for a in range(mask.ndim) if mask.shape[a] == 1))
+    if flat.ndim < 2:
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # qhull's message for a degenerate hull; the NaN below says it
+        value = float(regionprops_table(flat.astype(np.uint8), properties=("solidity",))["solidity"][0])
+    return value if math.isfinite(value) and 0 < value <= 1.0 + 1e-9 else float("nan")
+
+
 def object_geometry(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), skeleton: bool = False) -> dict:
     """The geometry columns of one object (``mask``: bool (Z, Y, X), its box) in units of ``spacing``.
 
@@ -96,14 +111,16 @@ def object_geometry(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)
 
     mask = np.asarray(mask, bool)
     spacing = tuple(float(s) for s in spacing)
-    props = regionprops_table(mask.astype(np.uint8), properties=("inertia_tensor_eigvals", "solidity"), spacing=spacing)
-    eig = np.array([props[f"inertia_tensor_eigvals-{i}"][0] for i in range(3)], np.float64)
-    # inertia eigenvalue i = the sum of the other two variances -> variance_i = sum/2 - eig_i; full axis 2 sqrt(5 var)
-    variances = np.clip(eig.sum() / 2.0 - eig, 0.0, None)
-    axes = np.sort(np.sqrt(20.0 * variances))[::-1]
-    solidity = float(props["solidity"][0])
+    props = regionprops_table(mask.astype(np.uint8), properties=("inertia_tensor",), spacing=spacing)
+    inertia = np.array([[props[f"inertia_tensor-{i}-{j}"][0] for j in range(3)] for i in range(3)], np.float64)
+    # inertia tensor = trace(C) I - C for the covariance C of the voxel centres. The voxels are cubes, not points:
+    # each adds its own variance s^2/12 per axis (so an object one voxel thick is not flat)
+    covariance = np.trace(inertia) / 2.0 * np.eye(3) - inertia + np.diag(np.asarray(spacing) ** 2 / 12.0)
+    variances = np.clip(np.linalg.eigvalsh(covariance), 0.0, None)
+    axes = np.sort(np.sqrt(20.0 * variances))[::-1]  # the full axes 2a of the ellipsoid of variances a^2 / 5
+    solidity = _solidity(mask)
     out = {"surface_area": surface_area(mask, spacing), "axis_major": float(axes[0]), "axis_middle": float(axes[1]),
-           "axis_minor": float(axes[2]), "solidity": solidity if math.isfinite(solidity) else 1.0}
+           "axis_minor": float(axes[2]), "solidity": solidity}
     if skeleton:
         out["skeleton_branches"], out["skeleton_length"] = skeleton_statistics(mask, spacing)
     return out

@@ -50,8 +50,14 @@ def measure_inputs(
     dask_workers: int = 2,
     dask_address: str | None = None,
     progress: bool = False,
+    dask_processes: bool = True,
 ):
     """Measure opened, checked inputs (see :func:`~mito_monai.morphology.inputs.open_measure_inputs`).
+
+    Args:
+        block_shape, skeleton, connectivity, scheduler, dask_workers, dask_address: see :func:`measure_instances`.
+        progress: show progress bars over the blocks and the objects.
+        dask_processes: local Dask workers are processes (True) or threads of this process.
 
     Returns:
         ``(table, summary)``: the ``pandas.DataFrame`` (see :mod:`mito_monai.morphology.table`) and the
@@ -64,7 +70,7 @@ def measure_inputs(
     shape = tuple(inputs.instances.shape)
     plan = BlockPlan(shape, block_shape)
     sources = [_source(v, None, scheduler) for v in (inputs.instances, inputs.image, inputs.probabilities)]
-    with make_executor(scheduler, dask_workers, dask_address) as executor:
+    with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
         task = StatisticsTask(*sources, plan, connectivity)
         parts = list(executor.map(task, range(len(plan)), "measuring: statistics", progress=progress,
                                   voxels=[b.voxels for b in plan]))
