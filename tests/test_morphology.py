@@ -219,3 +219,30 @@ def test_tasks_are_picklable_and_dask_gives_the_same_table(tmp_path):
         local, _ = measure_inputs(inputs, block_shape=(4, 16, 16))
         dask, _ = measure_inputs(inputs, block_shape=(4, 16, 16), scheduler="dask", dask_processes=False)
     pd.testing.assert_frame_equal(dask, local)
+
+
+def test_after_inference_measures_the_mask_and_the_report_draws_it(tmp_path):
+    from mito_monai.morphology import measure_segmentation
+    from mito_monai.visualize import write_report
+    from mito_monai.visualize.morphology import morphology_figure
+
+    seg = tmp_path / "eval" / "segmentation"
+    seg.mkdir(parents=True)
+    shape = (8, 40, 40)
+    mask = (_ellipsoid(shape, (4, 10, 10), (3, 6, 6)) | _ellipsoid(shape, (4, 28, 28), (3, 8, 8))).astype(np.uint8) * 255
+    outputs = {"masks": str(write_volume(seg / "masks.tif", mask)),
+               "probabilities": str(write_volume(seg / "probabilities.tif", (mask / 255.0).astype(np.float32))),
+               "summary": str(seg / "summary.json")}
+    image = write_volume(tmp_path / "raw.tif", np.where(mask > 0, 50, 200).astype(np.uint8))
+    assert measure_segmentation(outputs, image, measure=False) == outputs
+    result = measure_segmentation(outputs, image, block_slices=3, block_tile=16)
+    table = read_table(result["measurements"])
+    assert result["measurements"] == str(seg / "measurements.csv") and len(table) == 2
+    assert table["voxels"].sum() == (mask > 0).sum() and table["mean_intensity"].tolist() == [50, 50]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        measure_segmentation(outputs, image)
+    (tmp_path / "eval" / "final_metrics.json").write_text(json.dumps({"metrics": {"IoU": 0.5}}))
+    page = write_report(tmp_path / "eval").read_text()
+    assert page.count("data:image/png;base64,") == 1 and (tmp_path / "eval" / "report" / "morphology.png").is_file()
+    fig = morphology_figure(table)
+    assert sum(p.get_height() for p in fig.axes[0].patches) == 2  # the volume histogram holds every instance

@@ -6,6 +6,7 @@ runs its passes with the inference block plan and executors); the CLI, the bundl
 plugin use it.
 """
 
+from mito_monai.morphology.after_inference import INSTANCES_FILE, measure_segmentation
 from mito_monai.morphology.block_stats import (
     BlockStatistics,
     ObjectStatistics,
@@ -38,6 +39,7 @@ __all__ = [
     "BlockStatistics",
     "COLUMNS",
     "GeometryTask",
+    "INSTANCES_FILE",
     "MeasureInputs",
     "ObjectStatistics",
     "SCHEDULERS",
@@ -52,6 +54,7 @@ __all__ = [
     "load_object_slices",
     "measure_inputs",
     "measure_instances",
+    "measure_segmentation",
     "merge_block_statistics",
     "object_geometry",
     "open_measure_inputs",
