@@ -26,6 +26,7 @@ from mito_monai.morphology.inputs import ArrayVolume, MeasureInputs, open_measur
 from mito_monai.morphology.measure import (
     SCHEDULERS,
     default_objects_path,
+    measure_arrays,
     measure_inputs,
     measure_instances,
     summary_path_for,
@@ -52,6 +53,7 @@ __all__ = [
     "format_summary",
     "largest_object_slices",
     "load_object_slices",
+    "measure_arrays",
     "measure_inputs",
     "measure_instances",
     "measure_segmentation",

@@ -28,7 +28,7 @@ from mito_monai.morphology.previews import largest_object_slices, save_object_sl
 from mito_monai.morphology.summary import summarize, write_summary
 from mito_monai.morphology.table import build_table, check_table_path, write_table
 
-__all__ = ["SCHEDULERS", "default_objects_path", "measure_inputs", "measure_instances", "summary_path_for"]
+__all__ = ["SCHEDULERS", "default_objects_path", "measure_arrays", "measure_inputs", "measure_instances", "summary_path_for"]
 
 #: the values of ``scheduler``
 SCHEDULERS = ("local", "dask")
@@ -86,6 +86,31 @@ def measure_inputs(
     summary["voxel_size_from"] = inputs.spacing_source
     summary["contact_connectivity"] = connectivity
     return table, summary
+
+
+def measure_arrays(
+    labels: Any,
+    image: Any = None,
+    probabilities: Any = None,
+    voxel_size: Sequence[float] | None = None,
+    unit: str | None = None,
+    skeleton: bool = False,
+    connectivity: int = 6,
+    name: str = "labels",
+):
+    """Measure in-memory arrays (e.g. napari layers): ``(table, summary)`` as :func:`measure_inputs`.
+
+    ``labels`` is a 2D or (Z, Y, X) integer array; ``image`` and ``probabilities`` the same shape or None;
+    ``voxel_size`` (z, y, x) (for a 2D array the last two entries count); ``name`` names ``labels`` in messages.
+    """
+    from mito_monai.morphology.inputs import ArrayVolume, check_inputs
+
+    if voxel_size is not None and len(voxel_size) == 2:
+        voxel_size = (1.0, *voxel_size)
+    volumes = [None if a is None else ArrayVolume(a, name=f"{name} ({what})" if what else name)
+               for a, what in ((labels, ""), (image, "image"), (probabilities, "probabilities"))]
+    inputs = check_inputs(*volumes, voxel_size=voxel_size, unit=unit)
+    return measure_inputs(inputs, block_shape=inputs.instances.shape, skeleton=skeleton, connectivity=connectivity)
 
 
 def summary_path_for(output: str | os.PathLike) -> Path:
