@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mito_monai.data import DataError, open_volume
+from mito_monai.inference.instances import _check_voxel_size
 
 __all__ = ["ArrayVolume", "MeasureInputs", "open_measure_inputs", "parse_voxel_size", "UNIT_TO_MICROMETRE"]
 
@@ -65,19 +66,12 @@ class ArrayVolume:
 
 
 def parse_voxel_size(voxel_size: Any) -> tuple[float, float, float] | None:
-    """``"30,8,8"``, ``(30, 8, 8)`` or None -> (z, y, x) floats; a ValueError for anything else."""
-    if voxel_size is None:
-        return None
-    values = voxel_size
-    if isinstance(values, str):
-        values = [v for v in values.replace(",", " ").split() if v]
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise ValueError(f"--voxel_size must be three numbers z,y,x (e.g. 30,8,8), got {voxel_size!r}.") from None
-    if len(out) != 3 or not all(math.isfinite(v) and v > 0 for v in out):
-        raise ValueError(f"--voxel_size must be three positive numbers z,y,x (e.g. 30,8,8), got {voxel_size!r}.")
-    return out  # type: ignore[return-value]
+    """``"30,8,8"``, ``(30, 8, 8)`` or None -> (z, y, x) floats (as ``instances --voxel_size``); a ValueError for
+    anything else."""
+    values = _check_voxel_size(voxel_size)
+    if values is not None and not all(math.isfinite(v) for v in values):
+        raise ValueError(f"voxel_size must be three finite numbers z,y,x (e.g. 30,8,8), got {voxel_size!r}.")
+    return values
 
 
 @dataclass
