@@ -40,7 +40,7 @@ def _cpu_name() -> str:
 
 def make_volume(folder: Path, shape: tuple[int, int, int], count: int, seed: int = 0) -> None:
     """Write the synthetic instances and image (see the module docstring)."""
-    from mito_monai.data import create_ome_zarr_image
+    from mito_monai.io import create_ome_zarr_image
 
     rng = np.random.default_rng(seed)
     labels = np.zeros(shape, np.uint32)

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage
 
 from mito_monai.cli import main
-from mito_monai.data import DataError, create_ome_zarr_image, write_volume
+from mito_monai.io import DataError, create_ome_zarr_image, write_volume
 from mito_monai.morphology import (
     COLUMNS,
     ArrayVolume,

@@ -1,7 +1,7 @@
 """Morphology of the segmented mitochondria: a per-instance table (volume, surface, shape, contacts) and its
 summary, block by block for volumes of any size (``python -m mito_monai measure``).
 
-A layer above :mod:`mito_monai.data` and :mod:`mito_monai.inference` (it reads volumes with ``open_volume`` and
+A layer above :mod:`mito_monai.io` and :mod:`mito_monai.inference` (it reads volumes with ``open_volume`` and
 runs its passes with the inference block plan and executors); the CLI, the bundles, the report and the napari
 plugin use it.
 """

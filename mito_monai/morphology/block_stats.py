@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from mito_monai.data import DataError
+from mito_monai.io import DataError
 
 __all__ = ["BlockStatistics", "ObjectStatistics", "StatisticsTask", "block_statistics", "contact_pairs",
            "merge_block_statistics"]
@@ -211,7 +211,7 @@ class StatisticsTask:
         if source is None or hasattr(source, "read"):
             return source
         if name not in self._opened:
-            from mito_monai.data import open_volume
+            from mito_monai.io import open_volume
 
             self._opened[name] = open_volume(*source)
         return self._opened[name]

@@ -165,7 +165,7 @@ class GeometryTask:
         if hasattr(self.instances, "read"):
             return self.instances
         if self._volume is None:
-            from mito_monai.data import open_volume
+            from mito_monai.io import open_volume
 
             self._volume = open_volume(*self.instances)
         return self._volume

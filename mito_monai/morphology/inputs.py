@@ -1,9 +1,9 @@
 """The volumes a measurement reads: instance IDs, and optionally the raw image and foreground probabilities.
 
-Everything is opened lazily through :func:`mito_monai.data.open_volume` (any supported format, read box by
+Everything is opened lazily through :func:`mito_monai.io.open_volume` (any supported format, read box by
 box) and checked before any voxel is read: the instances hold integer IDs, the other volumes have the same
 (Z, Y, X) shape and, where both files store a voxel size, the same voxel size. Every problem is a one-line
-:class:`~mito_monai.data.DataError` naming the file and what was expected.
+:class:`~mito_monai.io.DataError` naming the file and what was expected.
 
 :class:`ArrayVolume` gives an in-memory array the same ``shape`` / ``dtype`` / ``voxel_size`` / ``read(box)``
 interface, so that the napari plugin measures a labels layer with the same code.
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mito_monai.data import DataError, open_volume
+from mito_monai.io import DataError, open_volume
 from mito_monai.inference.instances import _check_voxel_size
 
 __all__ = ["ArrayVolume", "MeasureInputs", "open_measure_inputs", "parse_voxel_size", "UNIT_TO_MICROMETRE"]
@@ -32,7 +32,7 @@ UNIT_TO_MICROMETRE = {
 
 
 class ArrayVolume:
-    """An in-memory (Z, Y, X) array with the read interface of :class:`mito_monai.data.Volume`.
+    """An in-memory (Z, Y, X) array with the read interface of :class:`mito_monai.io.Volume`.
 
     Args:
         array: the voxels (a 2D array is one slice).
@@ -162,7 +162,7 @@ def open_measure_inputs(
     """Open the volumes of a measurement lazily and check them (nothing is read but metadata).
 
     Each of ``instances``, ``image`` and ``probabilities`` is a path in any supported format (see
-    :func:`mito_monai.data.open_volume`) or an already opened volume (:class:`ArrayVolume`).
+    :func:`mito_monai.io.open_volume`) or an already opened volume (:class:`ArrayVolume`).
 
     The voxel size is ``voxel_size`` when given, else the one the files store (OME-Zarr ``scale``, NIfTI
     zooms), else 1, 1, 1 (results in voxels). The unit is ``unit``, else the files' own (OME-Zarr axes).

@@ -130,7 +130,7 @@ def read_table(path: str | os.PathLike):
     """Read a table written by :func:`write_table` (a DataError naming the file if it is not one)."""
     import pandas as pd
 
-    from mito_monai.data import DataError
+    from mito_monai.io import DataError
 
     path = Path(path)
     if not path.is_file():
