@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "download", "make_demo", "report"]
+__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
 
 
 def _print_json(obj: Any) -> None:
@@ -123,6 +123,57 @@ def instances(
                         block_shape=(block_slices, block_tile, block_tile), overwrite=overwrite, split=split,
                         probabilities=probabilities, seed_height=seed_height, voxel_size=voxel_size)
     )
+
+
+def measure(
+    instances: str,
+    output: str,
+    image: str | None = None,
+    probabilities: str | None = None,
+    voxel_size: Any = None,
+    unit: str | None = None,
+    instances_key: str | None = None,
+    image_key: str | None = None,
+    skeleton: bool = False,
+    connectivity: int = 6,
+    block_slices: int = 64,
+    block_tile: int = 512,
+    scheduler: str = "local",
+    dask_workers: int = 2,
+    dask_address: str | None = None,
+    plot: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Measure every mitochondrion of the instance-ID volume INSTANCES into the table OUTPUT (.csv or .parquet).
+
+    One row per instance: ID, voxel count, volume, bounding box, centroid, surface area (marching cubes),
+    sphericity, principal axis lengths and elongation, solidity, mean --image intensity and mean
+    --probabilities when given, whether it touches the volume border, and how many instances it touches
+    (--connectivity 6: sharing a face, 26: also an edge or corner). Lengths are in the voxel size's unit:
+    --voxel_size z,y,x, else the one INSTANCES stores (OME-Zarr, NIfTI), else voxels; --unit (e.g. nanometer)
+    when the files do not say, for the density per µm³. --skeleton true adds skeleton branches and length.
+    Prints the summary (count, density, volume fraction, quartiles of volume and sphericity) as a table, and
+    writes it as OUTPUT_STEM_summary.json, with the middle-slice crops of the largest objects in
+    OUTPUT_STEM_objects.npz; --plot PNG also draws the histograms and those objects. Block-wise
+    (--block_slices x --block_tile), on Dask with --scheduler dask; memory is a block or the largest object's
+    box. Existing outputs are kept unless --overwrite true.
+    """
+    from mito_monai.morphology import format_summary, measure_instances
+
+    if plot is not None and Path(plot).exists() and not overwrite:
+        raise FileExistsError(f"{plot} exists; pass --overwrite true to replace it, or choose another --plot.")
+    result = measure_instances(
+        instances, output, image=image, probabilities=probabilities, voxel_size=voxel_size, unit=unit,
+        instances_key=instances_key, image_key=image_key, skeleton=skeleton, connectivity=connectivity,
+        block_shape=(block_slices, block_tile, block_tile), scheduler=scheduler, dask_workers=dask_workers,
+        dask_address=dask_address, overwrite=overwrite,
+    )
+    print(format_summary(result), end="")
+    if plot is not None:
+        from mito_monai.visualize.morphology import write_morphology_plot
+
+        result["plot"] = str(write_morphology_plot(result["table"], plot, overwrite=overwrite))
+    _print_json({k: result[k] for k in ("table", "summary", "objects", "plot") if k in result})
 
 
 def download(name: str, root: str, overwrite: bool = False) -> None:
@@ -248,6 +299,7 @@ COMMANDS = {
     "dataset-info": dataset_info,
     "evaluate": evaluate,
     "instances": instances,
+    "measure": measure,
     "download": download,
     "export-bioimageio": export_bioimageio,
     "make-demo": make_demo,

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mito_monai.datasets import make_demo_data
@@ -119,10 +120,14 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     _run(
         "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
         output_dir=str(tmp_path / "seg_zarr"), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
-        output_format="zarr", block_tile=64, max_window=0,
+        output_format="zarr", block_tile=64, max_window=0, measure=True,
     )
     np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
     np.testing.assert_array_equal(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr" / "labels" / "mask"), mask)
+    # --measure true: the mask's 3D instances and their table beside the outputs
+    measured = pd.read_csv(tmp_path / "seg_zarr" / "measurements.csv")
+    assert measured["voxels"].sum() == (mask > 0).sum() and {"mean_intensity", "mean_probability"} <= set(measured)
+    assert measured["mean_probability"].min() >= 0.5  # every instance voxel is above the threshold
 
     # inference never overwrites earlier outputs unless asked
     before = (seg_dir / "probabilities.tif").read_bytes()

@@ -1,7 +1,7 @@
 """The package's layer order, checked on the source: a module imports only from its own layer's package or below.
 
-Layers, lowest first: io < datasets, runtime, ops < transforms, networks, losses, metrics < inference, engines,
-visualize < export, handlers < tracking, napari_plugin < cli < __main__. Packages of one layer do not import each
+Layers, lowest first: io < datasets, runtime, ops < transforms, networks, losses, metrics < inference, engines <
+morphology < visualize < export, handlers < tracking, napari_plugin < cli < __main__. Packages of one layer do not import each
 other (so ``inference`` imports no engine or handler), and ``export`` imports neither engines nor handlers.
 """
 
@@ -19,7 +19,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("io",),
     ("datasets", "runtime", "ops"),
     ("transforms", "networks", "losses", "metrics"),
-    ("inference", "engines", "visualize"),
+    ("inference", "engines"),
+    ("morphology",),  # measures what inference labels; the report (visualize) draws its table
+    ("visualize",),
     ("export", "handlers"),
     ("tracking", "napari_plugin"),
     ("cli",),

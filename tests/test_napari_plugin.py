@@ -52,7 +52,7 @@ def test_manifest_is_valid_and_names_the_widgets():
     npe2 = pytest.importorskip("npe2")
     manifest = npe2.PluginManifest.from_file(MANIFEST)
     titles = {w.display_name for w in manifest.contributions.widgets}
-    assert titles == {"Segment mitochondria", "Adapt to this volume"}
+    assert titles == {"Segment mitochondria", "Adapt to this volume", "Measure mitochondria"}
     import importlib
 
     for command in manifest.contributions.commands:
@@ -161,3 +161,34 @@ def test_adapt_widget_trains_saves_the_run_and_segments(make_napari_viewer, qtbo
     assert (tmp_path / "run" / "eval" / "final_metrics.json").is_file()
     assert widget.progress.value == 2
     assert widget.result_layers[1].data.shape == image.shape and tuple(widget.result_layers[1].scale) == (1.0, 2.0, 2.0)
+
+
+def test_measure_backend_features_table_of_a_labels_array():
+    from mito_monai.morphology import measure_arrays
+
+    labels = np.zeros((6, 20, 20), np.uint8)
+    labels[1:4, 2:6, 2:8], labels[2:5, 10:18, 10:12] = 3, 5
+    table, summary = measure_arrays(labels, voxel_size=(2.0, 0.5, 0.5))
+    assert table["label"].tolist() == [3, 5] and table["volume"].tolist() == [3 * 4 * 6 * 0.5, 3 * 8 * 2 * 0.5]
+    assert summary["count"] == 2
+    with pytest.raises(ValueError, match="my layer holds float64"):
+        measure_arrays(labels.astype(float), name="my layer")
+
+
+def test_measure_widget_fills_the_table_and_features_and_selects_a_row(make_napari_viewer, qtbot):
+    _needs_napari()
+    from mito_monai.napari_plugin.measure_widget import MeasureWidget
+
+    labels = np.zeros((6, 20, 20), np.uint8)
+    labels[1:4, 2:6, 2:8], labels[2:5, 10:18, 10:12] = 3, 5
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, scale=(2.0, 0.5, 0.5))
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.labels.value is layer
+    widget.run_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.result is not None, timeout=30_000)
+    assert list(layer.features["index"]) == [3, 5] and layer.features["volume"].tolist() == [36.0, 24.0]
+    assert widget.table.data.to_list()[1][0] == 5
+    widget.select_row(1)
+    assert layer.selected_label == 5 and viewer.dims.point[0] == pytest.approx(3 * 2.0)

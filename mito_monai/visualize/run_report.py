@@ -2,7 +2,8 @@
 
 Inputs are the files a bundle run leaves in its ``eval/`` folder: ``history.jsonl`` (loss terms, weights and
 validation metrics per iteration), ``final_metrics.json`` (the final model's metrics) and ``report_data.npz``
-(example slices, calibration bins, the method's maps). A missing input leaves its figures out, and the page says so.
+(example slices, calibration bins, the method's maps), and ``segmentation/measurements.csv`` when the bundle's
+inference ran with ``--measure true`` (the morphology figure). A missing input leaves its figures out, and the page says so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from mito_monai.io.errors import DataError
 from mito_monai.visualize import figures
 from mito_monai.visualize.history import HISTORY_FILE, RunHistory, read_history
+from mito_monai.visualize.morphology import find_measurements, measurement_figure_from_files
 from mito_monai.visualize.run_report_data import REPORT_DATA_FILE, ReportData, section
 
 __all__ = ["FIGURE_FILES", "METRICS_FILE", "find_eval_dir", "render_html", "write_compare_plot", "write_report"]
@@ -33,6 +35,7 @@ FIGURE_FILES = {
     "prototypes": ("prototypes.png", "R4MITO: reliable prototype pseudo-labels on a target slice (paper Fig. 5)"),
     "agents": ("agents.png", "R4MITO: agent-level correlation of a few agents (paper Fig. 6)"),
     "dualrel": ("dualrel.png", "DualRel: activation maps (mitochondria / background halves) and prototype reliabilities"),
+    "morphology": ("morphology.png", "Mitochondria morphology (inference --measure true): volume, sphericity, the largest objects"),
 }
 #: final-metric columns by convention (DESIGN section 5)
 CONVENTIONS = (
@@ -165,6 +168,9 @@ def write_report(
     history = read_history(eval_dir / HISTORY_FILE) if (eval_dir / HISTORY_FILE).is_file() else None
     data = ReportData.load(eval_dir / REPORT_DATA_FILE) if (eval_dir / REPORT_DATA_FILE).is_file() else None
     figs = _make_figures(history, data)
+    measurements = find_measurements(eval_dir)  # written by the bundle's inference with --measure true
+    if measurements is not None:
+        figs["morphology"] = measurement_figure_from_files(measurements)
     pngs = {key: figures.figure_png(fig) for key, fig in figs.items()}
     targets = [output] + [output.with_name(FIGURE_FILES[key][0]) for key in pngs]
     for path in targets:
