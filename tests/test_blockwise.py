@@ -4,7 +4,6 @@ resume, no silent overwrite, and the Dask executor (a LocalCluster on 127.0.0.1)
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -170,11 +169,7 @@ def test_dask_needs_a_block_output_and_a_bad_address_fails_fast(tmp_path):
         seg.run(tmp_path / "in.zarr", tmp_path / "o", output_format="zarr", scheduler="dask", dask_address="tcp://127.0.0.1:1")
 
 
-@pytest.mark.parametrize("processes", [
-    False,
-    pytest.param(True, marks=pytest.mark.skipif(not os.environ.get("MITO_MONAI_DASK_PROCESSES"),
-                                                reason="worker processes take ~30 s to start on 2 cores; set MITO_MONAI_DASK_PROCESSES=1")),
-])
+@pytest.mark.parametrize("processes", [False, True])  # True: the default, a LocalCluster of worker processes
 def test_dask_local_cluster_equals_one_process(tmp_path, processes):
     _zarr_input(tmp_path / "in.zarr")
     seg = _segmenter(_net(), roi_size=(32, 32))

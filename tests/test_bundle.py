@@ -120,7 +120,7 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     _run(
         "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
         output_dir=str(tmp_path / "seg_zarr"), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
-        output_format="zarr", block_tile=64, max_window=0, measure=True,
+        output_format="zarr", block_tile=64, max_window=0, measure=True, amp=False,
     )
     np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
     np.testing.assert_array_equal(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr" / "labels" / "mask"), mask)
