@@ -88,10 +88,17 @@ def test_segmenter_output_formats(tmp_path, fmt):
     seg = _segmenter(Darkness(), roi_size=(16, 16))
     written = seg.run(tmp_path / "in", tmp_path / "out", output_format=fmt, preview=False)
     prob = read_volume(written["probabilities"])
-    assert prob.shape == (2, 20, 24)
+    mask = read_volume(written["masks"])
+    assert prob.shape == mask.shape == (2, 20, 24)
+    # the same figures as the direct computation (the pointwise net's window blend is exact), in every format
+    expected = np.stack([1 / (1 + np.exp(-10 * (0.5 - normalize_slice(s)))) for s in vol])
     if fmt == "png":
-        assert prob.dtype == np.uint8  # PNG holds 0..255
-    assert set(np.unique(read_volume(written["masks"]))) <= {0, 255}
+        assert prob.dtype == np.uint8  # PNG holds 0..255: the probability rounded to 1/255
+        np.testing.assert_allclose(prob / 255.0, expected, atol=0.5 / 255 + 1e-5)
+    else:
+        assert prob.dtype == np.float32
+        np.testing.assert_allclose(prob, expected, atol=1e-5)
+    np.testing.assert_array_equal(mask, (expected >= 0.5).astype(np.uint8) * 255)
 
 
 def test_segmenter_loads_checkpoints_and_explains_mismatch(tmp_path):
