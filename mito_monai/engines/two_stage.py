@@ -57,6 +57,11 @@ def format_comparison(rows: Mapping[str, Mapping[str, float]], title: str = "") 
     return "\n".join(lines)
 
 
+def _epoch_length(iterations: int) -> int:
+    """The largest divisor of ``iterations`` up to 100 (training runs whole epochs)."""
+    return max(d for d in range(1, min(100, iterations) + 1) if iterations % d == 0)
+
+
 def _stage(config_file: str, meta_file: str | None, settings: Mapping[str, Any]) -> dict:
     from monai.bundle import ConfigWorkflow
 
@@ -109,13 +114,13 @@ def run_two_stage(
     quiet = {"selection": False, "val_interval": 10**9}  # the final models are scored once each (FinalEvaluation)
     start = time.perf_counter()
     source = _stage(config_file, meta, {
-        **quiet, "report": False, **overrides, "method": "noadapt", "num_iterations": n1, "epoch_length": min(100, n1),
+        **quiet, "report": False, **overrides, "method": "noadapt", "num_iterations": n1, "epoch_length": _epoch_length(n1),
         "ckpt_dir": str(ckpt_dir / "source"), "output_dir": f"$'{output_dir / 'source'}'",
     })
     middle = time.perf_counter()
     adapted = _stage(config_file, meta, {
         **quiet, **dict(QUICKSTART_ADAPTATION if adaptation is None else adaptation), **overrides,
-        "method": method, "num_iterations": n2, "epoch_length": min(100, n2), "rampup_iterations": max(1, n2 // 5),
+        "method": method, "num_iterations": n2, "epoch_length": _epoch_length(n2), "rampup_iterations": max(1, n2 // 5),
         "init_checkpoint": str(ckpt_dir / "source" / "model.pt"),
         "ckpt_dir": str(ckpt_dir), "output_dir": f"$'{output_dir}'",
     })
