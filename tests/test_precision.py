@@ -98,8 +98,8 @@ def test_inferer_and_segmenter_use_the_auto_choice(monkeypatch, native):
     seg = StackSegmenter(net, roi_size=(16, 16))
     seg.predict_slice(np.random.default_rng(0).random((16, 16)).astype(np.float32))
     enabled, dtype = net.seen[-1]
-    assert enabled == native and seg.channels_last == native and (dtype == torch.bfloat16 or not native)
-    assert seg.fingerprint()["precision"] == ("bfloat16 autocast channels-last" if native else "float32")
+    assert enabled == native and seg.predictor.channels_last == native and (dtype == torch.bfloat16 or not native)
+    assert seg.predictor.fingerprint()["precision"] == ("bfloat16 autocast channels-last" if native else "float32")
 
 
 @pytest.mark.parametrize("native", [False, True])
