@@ -221,6 +221,13 @@ def test_mlflow_tracking_and_compare(tmp_path, demo, monkeypatch, capsys):
     params = run.data.params
     assert params["method"] == "baseline" and params["terms.cf.weight"] == "0.1"
     assert params["terms.rank.enabled"] == "False"
+    # the resolved precision is recorded, as in final_metrics.json
+    from mito_monai.runtime import resolve_precision
+
+    expected = resolve_precision(device="cpu", log=False)
+    assert params["precision.dtype"] == expected.name and params["precision.amp"] == str(expected.amp)
+    record = json.loads((tmp_path / "eval" / "final_metrics.json").read_text())
+    assert record["precision"]["dtype"] == expected.name
     history = client.get_metric_history(run.info.run_id, "loss_cf")
     assert len(history) == 4
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
