@@ -90,6 +90,7 @@ def _trainer(iterations: int) -> DomainAdaptationTrainer:
     terms = {k: LossTerm(losses[k], LAMBDAS[k], _inputs(k), rampup_iterations=RAMPUP,
                          output={"corr": 0, "rank": 1}.get(k)) for k in LAMBDAS}
     return DomainAdaptationTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu",
         max_epochs=1,
         epoch_length=iterations,
