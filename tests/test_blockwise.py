@@ -16,6 +16,7 @@ from conftest import tiny_unet
 from mito_monai.io import read_volume
 from mito_monai.inference import BlockPlan, BlockSegmentation, StackSegmenter, window_starts
 from mito_monai.inference.block_plan import fitted_window
+from mito_monai.networks.nets import MitoUNet
 
 
 def _segmenter(*args, **kwargs) -> StackSegmenter:
