@@ -46,7 +46,14 @@ def main() -> None:
     x = torch.rand(args.batch, 1, args.crop, args.crop, generator=g).to(device)
     y = (torch.rand(args.batch, args.crop, args.crop, generator=g) > 0.8).long().to(device)
     slice_ = torch.rand(1, 1, *args.slice_hw, generator=g).to(device)
-    out: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), **vars(args)}
+    from mito_monai.runtime import cpu_native_bf16, resolve_precision
+
+    out: dict = {
+        "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        # what the timings below depend on: bfloat16 is fast only where the CPU computes it natively
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_native_bf16": cpu_native_bf16(),
+        "auto_precision": resolve_precision(device=device, log=False).as_dict(), **vars(args),
+    }
     reference = None
     for name, (amp, channels_last) in SETTINGS.items():
         net = _net(args.channels, channels_last, device)

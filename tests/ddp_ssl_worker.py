@@ -50,6 +50,7 @@ def build_trainer(net: torch.nn.Module, method: str, rank: int, world: int) -> S
         teacher = AveragedModel(core, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     local = GLOBAL_BATCH // world
     return SemiSupervisedTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu", max_epochs=1, epoch_length=STEPS,
         train_data_loader=DataLoader(shard(Slices(8, True, seed=0, size=64), rank, world), batch_size=local),
         unlabelled_data_loader=DataLoader(shard(Slices(8, False, seed=1, size=64), rank, world), batch_size=local),

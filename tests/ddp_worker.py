@@ -39,6 +39,7 @@ def build_trainer(net: torch.nn.Module, rank: int, world: int) -> DomainAdaptati
     }
     local = GLOBAL_BATCH // world
     return DomainAdaptationTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu",
         max_epochs=1,
         epoch_length=STEPS,

@@ -4,7 +4,6 @@ resume, no silent overwrite, and the Dask executor (a LocalCluster on 127.0.0.1)
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -17,6 +16,12 @@ from conftest import tiny_unet
 from mito_monai.io import read_volume
 from mito_monai.inference import BlockPlan, BlockSegmentation, StackSegmenter, window_starts
 from mito_monai.inference.block_plan import fitted_window
+from mito_monai.networks.nets import MitoUNet
+
+
+def _segmenter(*args, **kwargs) -> StackSegmenter:
+    """A StackSegmenter in float32 (the references here are float32) unless a test chooses its precision."""
+    return StackSegmenter(*args, **{"amp": False, **kwargs})
 
 
 def _net(seed=0):
@@ -56,7 +61,7 @@ def test_window_lattice_is_monais(length, roi, overlap):
 def test_one_slice_equals_monais_sliding_window_inferer():
     image = np.random.default_rng(1).random((70, 90)).astype(np.float32)
     inferer = SlidingWindowInferer((32, 32), sw_batch_size=3, overlap=0.5, mode="gaussian", padding_mode="reflect")
-    seg = StackSegmenter(_net(), inferer=inferer)
+    seg = _segmenter(_net(), inferer=inferer)
     with torch.no_grad():
         ref = torch.softmax(inferer(torch.from_numpy(image)[None, None], seg.network), 1)[0, 1].numpy()
     np.testing.assert_allclose(seg.predict_slice(image), ref, atol=1e-5)
@@ -64,7 +69,7 @@ def test_one_slice_equals_monais_sliding_window_inferer():
 
 def test_two_block_grids_give_the_same_output(tmp_path):
     vol = _zarr_input(tmp_path / "in.zarr")
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     runs = []
     for i, (slices, tile) in enumerate([(5, 4096), (2, 32), (3, 40)]):
         w = seg.run(tmp_path / "in.zarr", tmp_path / f"out{i}", output_format="zarr", block_slices=slices,
@@ -81,7 +86,7 @@ def test_slices_smaller_than_the_window_just_work(tmp_path):
     vol = np.random.default_rng(2).integers(0, 255, (2, 64, 64), dtype=np.uint8)
     np.save(tmp_path / "x.npy", vol)
     zarr.create_array(tmp_path / "in.zarr", shape=vol.shape, dtype="u1")[:] = vol
-    seg = StackSegmenter(_net(), roi_size=(256, 256))
+    seg = _segmenter(_net(), roi_size=(256, 256))
     w = seg.run(tmp_path / "in.zarr", tmp_path / "out", output_format="tif", progress=False)
     prob = read_volume(w["probabilities"])
     assert prob.shape == (2, 64, 64) and np.isfinite(prob).all() and 0 <= prob.min() and prob.max() <= 1
@@ -91,8 +96,8 @@ def test_slices_smaller_than_the_window_just_work(tmp_path):
 
 def test_uint8_probabilities_channels_last_and_bfloat16(tmp_path):
     vol = _zarr_input(tmp_path / "in.zarr", shape=(2, 40, 40))
-    ref = StackSegmenter(_net(), roi_size=(32, 32)).predict_slice(vol[0])
-    fast = StackSegmenter(_net(), roi_size=(32, 32), amp=True, channels_last=True)
+    ref = _segmenter(_net(), roi_size=(32, 32)).predict_slice(vol[0])
+    fast = _segmenter(_net(), roi_size=(32, 32), amp=True, channels_last=True)
     assert np.abs(fast.predict_slice(vol[0]) - ref).max() < 0.05  # bfloat16 keeps ~3 significant digits
     w = fast.run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr", probabilities_dtype="uint8", progress=False)
     prob = read_volume(w["probabilities"])
@@ -101,7 +106,7 @@ def test_uint8_probabilities_channels_last_and_bfloat16(tmp_path):
 
 def test_existing_output_is_never_overwritten_without_overwrite(tmp_path):
     _zarr_input(tmp_path / "in.zarr", shape=(2, 32, 32))
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     w = seg.run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr", progress=False)
     before = read_volume(w["probabilities"])
     with pytest.raises(FileExistsError, match=r"exists; pass overwrite=True \(--overwrite true\)"):
@@ -112,7 +117,7 @@ def test_existing_output_is_never_overwritten_without_overwrite(tmp_path):
 
 def test_resume_skips_finished_blocks_and_gives_the_uninterrupted_output(tmp_path, monkeypatch):
     _zarr_input(tmp_path / "in.zarr")
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
     full = seg.run(tmp_path / "in.zarr", tmp_path / "full", **kwargs)
     original, calls = BlockSegmentation.compute, []
@@ -130,7 +135,24 @@ def test_resume_skips_finished_blocks_and_gives_the_uninterrupted_output(tmp_pat
     with pytest.raises(FileExistsError):  # without --resume the partial output is not touched
         seg.run(tmp_path / "in.zarr", tmp_path / "cut", **kwargs)
     with pytest.raises(ValueError, match="other settings.*threshold"):
-        StackSegmenter(_net(), roi_size=(32, 32), threshold=0.4).run(tmp_path / "in.zarr", tmp_path / "cut", resume=True, **kwargs)
+        _segmenter(_net(), roi_size=(32, 32), threshold=0.4).run(tmp_path / "in.zarr", tmp_path / "cut", resume=True, **kwargs)
+    # another checkpoint, network, precision or window: refused, one line naming exactly what differs
+    amp = seg.precision.amp
+    others = {
+        "checkpoint": _segmenter(_net(seed=1), roi_size=(32, 32), amp=amp),
+        "precision": _segmenter(_net(), roi_size=(32, 32), amp=not amp),
+        "window": _segmenter(_net(), roi_size=(16, 16), amp=amp),
+    }
+    torch.manual_seed(0)
+    others["network"] = _segmenter(MitoUNet(channels=(4, 8), dropout=0.1).eval(), roi_size=(32, 32), amp=amp)
+    for what, other in others.items():
+        with pytest.raises(ValueError) as err:
+            other.run(tmp_path / "in.zarr", tmp_path / "cut", resume=True, **kwargs)
+        message = str(err.value)
+        assert "\n" not in message and "refusing to resume" in message
+        named = sorted(part.split(":")[0] for part in message.split("other settings (")[1].split("); ")[0].split("; "))
+        expected = sorted(what.split(", ") + (["halo", "roi_size"] if what == "window" else []))
+        assert named == expected, message
     resumed = seg.run(tmp_path / "in.zarr", tmp_path / "cut", resume=True, **kwargs)
     assert len(calls) == 27 and sorted(calls) == list(range(27))  # 10 before the interruption, 17 after
     for name in ("probabilities", "masks"):
@@ -141,21 +163,17 @@ def test_resume_skips_finished_blocks_and_gives_the_uninterrupted_output(tmp_pat
 
 def test_dask_needs_a_block_output_and_a_bad_address_fails_fast(tmp_path):
     _zarr_input(tmp_path / "in.zarr", shape=(1, 32, 32))
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     with pytest.raises(ValueError, match="--output_format zarr"):
         seg.run(tmp_path / "in.zarr", tmp_path / "o", scheduler="dask")
     with pytest.raises(ValueError, match=r"no Dask scheduler answers at tcp://127\.0\.0\.1:1 within 5 s"):
         seg.run(tmp_path / "in.zarr", tmp_path / "o", output_format="zarr", scheduler="dask", dask_address="tcp://127.0.0.1:1")
 
 
-@pytest.mark.parametrize("processes", [
-    False,
-    pytest.param(True, marks=pytest.mark.skipif(not os.environ.get("MITO_MONAI_DASK_PROCESSES"),
-                                                reason="worker processes take ~30 s to start on 2 cores; set MITO_MONAI_DASK_PROCESSES=1")),
-])
+@pytest.mark.parametrize("processes", [False, True])  # True: the default, a LocalCluster of worker processes
 def test_dask_local_cluster_equals_one_process(tmp_path, processes):
     _zarr_input(tmp_path / "in.zarr")
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
     one = seg.run(tmp_path / "in.zarr", tmp_path / "one", **kwargs)
     two = seg.run(tmp_path / "in.zarr", tmp_path / "two", scheduler="dask", dask_workers=2, dask_processes=processes, **kwargs)
@@ -185,18 +203,18 @@ def test_fitted_window_covers_the_axis_with_fewer_windows_and_the_same_overlap_i
 
 def test_a_window_grown_to_the_whole_slice_equals_the_plain_forward():
     image = np.random.default_rng(3).random((72, 88)).astype(np.float32)
-    seg = StackSegmenter(_net(), roi_size=(32, 32), max_window=128)
+    seg = _segmenter(_net(), roi_size=(32, 32), max_window=128)
     assert seg.windows(image.shape) == ((72, 88), (0.0, 0.0))
     with torch.no_grad():
         plain = torch.softmax(seg.network(torch.from_numpy(image)[None, None]), 1)[0, 1].numpy()
     np.testing.assert_allclose(seg.predict_slice(image), plain, atol=1e-5)
     with pytest.raises(ValueError, match=r"max_window \(16\) must be at least the window \(32, 32\)"):
-        StackSegmenter(_net(), roi_size=(32, 32), max_window=16)
+        _segmenter(_net(), roi_size=(32, 32), max_window=16)
 
 
 def test_grown_windows_keep_the_output_independent_of_the_block_grid(tmp_path):
     vol = _zarr_input(tmp_path / "in.zarr")
-    seg = StackSegmenter(_net(), roi_size=(32, 32), max_window=48)
+    seg = _segmenter(_net(), roi_size=(32, 32), max_window=48)
     assert seg.windows(vol.shape[1:])[0] == (44, 42)  # two windows per axis instead of 4 and 5
     whole = np.stack([seg.predict_slice(s) for s in vol])
     for i, (slices, tile) in enumerate([(5, 4096), (2, 48), (3, 60)]):
@@ -213,7 +231,7 @@ def _serial(monkeypatch):
 
 def test_reading_ahead_and_writing_behind_gives_the_serial_output(tmp_path, monkeypatch):
     _zarr_input(tmp_path / "in.zarr")
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
     threads = set()
     original = BlockSegmentation.load
@@ -243,7 +261,7 @@ def test_a_chunk_that_breaks_during_the_run_is_the_same_one_line_error_naming_th
     monkeypatch.setattr(stack_segmenter, "merge_slice_stats", corrupt_after_the_statistics)
     if not pipeline:
         _serial(monkeypatch)
-    seg = StackSegmenter(_net(), roi_size=(32, 32))
+    seg = _segmenter(_net(), roi_size=(32, 32))
     with pytest.raises(DataError) as err:
         seg.run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr", block_slices=2, block_tile=32, progress=False)
     expected = f"{tmp_path / 'in.zarr'}: cannot read the block z 2:4, y 0:64, x 0:64 ("
@@ -262,7 +280,7 @@ def test_an_error_in_the_writer_thread_surfaces_and_stops_the_run(tmp_path, monk
 
     monkeypatch.setattr(BlockSegmentation, "store", store)
     with pytest.raises(OSError, match="disk full while writing block 0$"):
-        StackSegmenter(_net(), roi_size=(32, 32)).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
+        _segmenter(_net(), roi_size=(32, 32)).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
                                                       block_slices=1, block_tile=32, progress=False)
     assert computed == [0, 1]  # the error of block 0's write stops the run after the block computed meanwhile
 
@@ -270,5 +288,5 @@ def test_an_error_in_the_writer_thread_surfaces_and_stops_the_run(tmp_path, monk
 def test_a_tile_smaller_than_the_grown_window_says_so(tmp_path):
     _zarr_input(tmp_path / "in.zarr")
     with pytest.raises(ValueError, match=r"halo \(44\) is larger than the block \(32\) along y.*grew from \(32, 32\) to \(44, 42\) \(--max_window 48\)"):
-        StackSegmenter(_net(), roi_size=(32, 32), max_window=48).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
+        _segmenter(_net(), roi_size=(32, 32), max_window=48).run(tmp_path / "in.zarr", tmp_path / "out", output_format="zarr",
                                                                      block_tile=32, progress=False)

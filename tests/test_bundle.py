@@ -120,7 +120,7 @@ def test_train_resume_evaluate_infer(tmp_path, demo, monkeypatch, capsys):
     _run(
         "inference", "inference.json", dataset_dir=str(demo), ckpt_path=str(models / "model.pt"),
         output_dir=str(tmp_path / "seg_zarr"), channels=TINY["channels"], infer_roi=TINY["infer_roi"], overlap=0.25,
-        output_format="zarr", block_tile=64, max_window=0, measure=True,
+        output_format="zarr", block_tile=64, max_window=0, measure=True, amp=False,
     )
     np.testing.assert_allclose(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr"), prob, atol=1e-6)
     np.testing.assert_array_equal(read_volume(tmp_path / "seg_zarr" / "segmentation.ome.zarr" / "labels" / "mask"), mask)
@@ -221,6 +221,13 @@ def test_mlflow_tracking_and_compare(tmp_path, demo, monkeypatch, capsys):
     params = run.data.params
     assert params["method"] == "baseline" and params["terms.cf.weight"] == "0.1"
     assert params["terms.rank.enabled"] == "False"
+    # the resolved precision is recorded, as in final_metrics.json
+    from mito_monai.runtime import resolve_precision
+
+    expected = resolve_precision(device="cpu", log=False)
+    assert params["precision.dtype"] == expected.name and params["precision.amp"] == str(expected.amp)
+    record = json.loads((tmp_path / "eval" / "final_metrics.json").read_text())
+    assert record["precision"]["dtype"] == expected.name
     history = client.get_metric_history(run.info.run_id, "loss_cf")
     assert len(history) == 4
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
@@ -304,3 +311,50 @@ def test_paper_overlays_set_the_paper_agent_settings(overlay, monkeypatch):
     default = agent_loss()
     assert (ours.normalize, ours.temperature, ours.entry_mean) == (True, 0.5, True)
     assert (default.normalize, default.temperature, default.entry_mean) == (True, 0.5, True)
+
+
+def test_quickstart_trains_noadapt_then_adapts_it_and_prints_both(tmp_path, demo, monkeypatch, capsys):
+    """``run quickstart``: a NoAdapt source stage, then that model adapted (warm start, the recommended recipe),
+    both final models scored and printed side by side with the gain; the rows are the stages' final_metrics.json."""
+    import torch
+
+    monkeypatch.chdir(REPO)
+    _run(
+        "quickstart", "train.json", dataset_dir=str(demo), ckpt_dir=str(tmp_path / "trained"),
+        output_dir=f"$'{tmp_path / 'eval'}'", quickstart_source_iterations=2, quickstart_adapt_iterations=2,
+        method="baseline", amp=False,
+    )
+    out = capsys.readouterr().out
+    source = json.loads((tmp_path / "eval" / "source" / "final_metrics.json").read_text())
+    adapted = json.loads((tmp_path / "eval" / "final_metrics.json").read_text())
+    summary = json.loads((tmp_path / "eval" / "two_stage.json").read_text())
+    assert source["method"] == "noadapt" and adapted["method"] == "baseline"
+    assert list(summary["rows"].values()) == [source["metrics"], adapted["metrics"]]
+    assert summary["precision"]["dtype"] == "float32" and adapted["precision"]["amp"] is False
+    lines = out.splitlines()
+    gain = next(line for line in lines if line.startswith("gain"))
+    iou_column = [c.strip() for c in next(line for line in lines if line.startswith("model")).split(" | ")].index("IoU")
+    expected = 100 * (adapted["metrics"]["IoU"] - source["metrics"]["IoU"])
+    assert float(gain.split(" | ")[iou_column]) == pytest.approx(expected, abs=0.051)
+    assert any(line.startswith("NoAdapt (2 it.)") for line in lines)
+    assert any(line.startswith("baseline (2 + 2 it. adapted)") for line in lines)
+    # stage 2 started from the stage-1 model and trained on: both saved, and different
+    first = torch.load(tmp_path / "trained" / "source" / "model.pt", weights_only=True)
+    second = torch.load(tmp_path / "trained" / "model.pt", weights_only=True)
+    assert first.keys() == second.keys() and any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_format_comparison_by_hand():
+    from mito_monai.engines import format_comparison
+
+    table = format_comparison({"a": {"IoU": 0.25, "F1": 0.5}, "bb": {"IoU": 0.375, "F1": 0.5}}, "t")
+    assert table.splitlines() == [
+        "t",
+        "model |      F1 |     IoU",
+        "------+---------+--------",
+        "a     |    50.0 |    25.0",
+        "bb    |    50.0 |    37.5",
+        "gain  |    +0.0 |   +12.5",
+    ]
+    with pytest.raises(ValueError, match="at least one"):
+        format_comparison({})

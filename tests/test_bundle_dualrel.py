@@ -81,10 +81,41 @@ def _parser(demo: Path, **overrides):
     return parser
 
 
-def _check_record(record: dict, method: str, iteration: int, demo: Path, partition: str = "1/8", seed: int = 0):
+def _rescore(tmp: Path, demo: Path, **overrides) -> dict:
+    """Dice, Jaccard and ECE of ``tmp/models/model.pt`` on the demo's test stack, computed here by brute force
+    (voxel counts and a loop over the 15 confidence bins) from the validation inferer's probabilities."""
+    parser = _parser(demo, **overrides)
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(tmp / "models" / "model.pt", weights_only=True))
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    evaluator.network.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for batch in parser.get_parsed_content("validate#dataloader"):
+            logits = parser.get_parsed_content("validate#inferer")(batch["image"].float(), evaluator.network)
+            probs.append(torch.softmax(logits.float(), 1)[:, 1].numpy().ravel())
+            labels.append(batch["label"].numpy().ravel() > 0)
+    p, y = np.concatenate(probs).astype(np.float64), np.concatenate(labels)
+    m = p >= 0.5
+    tp, fp, fn = np.sum(m & y), np.sum(m & ~y), np.sum(~m & y)
+    confidence, correct = np.maximum(p, 1 - p), m == y
+    ece = 0.0
+    for k in range(15):  # bins (k/15, (k+1)/15], 0 in the first
+        inside = (confidence > k / 15) & (confidence <= (k + 1) / 15) | ((k == 0) & (confidence == 0))
+        if inside.any():
+            ece += abs(correct[inside].mean() - confidence[inside].mean()) * inside.sum() / p.size
+    return {"Dice": 2 * tp / (2 * tp + fp + fn), "Jaccard": tp / (tp + fp + fn), "ECE": ece}
+
+
+def _check_record(record: dict, method: str, iteration: int, demo: Path, partition: str = "1/8", seed: int = 0,
+                  tmp: Path | None = None, **overrides):
     assert record["method"] == method and record["iteration"] == iteration
     for key in METRIC_KEYS:
         assert 0.0 <= record["metrics"][key] <= 1.0, key
+    if tmp is not None:  # the recorded figures are those of the saved final model, recomputed independently
+        reference = _rescore(tmp, demo, method=method, **overrides)
+        for key in METRIC_KEYS:
+            assert record["metrics"][key] == pytest.approx(reference[key], abs=2e-3), key
     expected = partition_split("lucchi_pp", demo / "target", "train", partition, seed)
     assert record["partition"] == json.loads(json.dumps(expected.as_dict()))
     assert record["partition"]["labelled_slices"] == list(expected.labelled)
@@ -95,7 +126,7 @@ def test_baselines_train(tmp_path, demo, monkeypatch, capsys, method):
     monkeypatch.chdir(REPO)
     record = _train(tmp_path, demo, method=method)
     out = capsys.readouterr().out
-    _check_record(record, method, 2, demo)
+    _check_record(record, method, 2, demo, tmp=tmp_path)
     labelled = partition_split("lucchi_pp", demo / "target", "train", "1/8", 0).labelled
     # the run's log names the labelled slices, and the final table says which convention it reports
     assert f'"labelled_slices": {json.dumps(list(labelled))}' in out
@@ -345,12 +376,20 @@ def test_rampups_cps_mining_and_fast_defaults(demo, monkeypatch):
     assert logged["terms.rpc.rampup_iterations"] == "20" and logged["terms.cps.ohem_threshold"] == "0.7"
     assert logged["terms.cps.min_kept"] == "100" and logged["terms.cps.loss"] == "CrossPseudoSupervisionLoss"
 
-    trainer = parser.get_parsed_content("train#trainer")
-    assert trainer.amp and trainer.amp_dtype == torch.bfloat16
-    net = parser.get_parsed_content("network")
-    assert net.branches[0].encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    inferer = parser.get_parsed_content("validate#inferer")  # MONAI's evaluator autocasts on CUDA only
-    assert inferer.enabled and inferer.dtype in (torch.bfloat16, "bfloat16")
+    # precision "auto": bfloat16 autocast + channels-last where the CPU computes bfloat16 natively, float32 elsewhere
+    from mito_monai.runtime import precision as prec
+
+    for native in (None, "avx512_bf16"):
+        monkeypatch.setattr(prec, "cpu_native_bf16", lambda: native)
+        parser = _parser(demo, num_iterations=40, device="$torch.device('cpu')")
+        trainer = parser.get_parsed_content("train#trainer")
+        assert trainer.amp == bool(native) and trainer.amp_dtype == (torch.bfloat16 if native else torch.float32)
+        net = parser.get_parsed_content("network")
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.kernel_size[0] > 1)
+        assert (conv.weight.stride(1) == 1) == bool(native)  # channels-last: unit stride between input channels
+        inferer = parser.get_parsed_content("validate#inferer")  # MONAI's evaluator autocasts on CUDA only
+        assert inferer.precision("cpu").amp == bool(native)
+        assert parser.get_parsed_content("precision").as_dict()["dtype"] == ("bfloat16" if native else "float32")
 
 
 def test_cpu_lucchi_pp_1_8_600_is_the_1200_protocol_at_600_iterations(monkeypatch):

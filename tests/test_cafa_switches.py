@@ -90,10 +90,23 @@ def test_source_photometric_and_rescale_keep_labels_binary_and_aligned():
     lab = (img > 0.5).astype(np.uint8)
     t = train_transforms(crop_size=(64, 64), zoom=True, photometric=strong_photometric_transform("image", prob=1.0),
                          intensity=False)
+    plain = train_transforms(crop_size=(64, 64), zoom=True, intensity=False)  # the same geometry, no photometric step
     t.set_random_state(3)
-    for _ in range(5):
+    plain.set_random_state(3)  # the photometric step is last, so the geometric steps draw the same as in ``t``
+    areas = set()
+    for _ in range(8):
         out = t({"image": img.copy(), "label": lab.copy()})
-        assert set(np.unique(np.asarray(out["label"]))) <= {0, 1}
+        ref = plain({"image": img.copy(), "label": lab.copy()})
+        image, label = np.asarray(out["image"]), np.asarray(out["label"])
+        assert set(np.unique(label)) <= {0, 1}
         assert out["image"].shape == out["label"].shape == (1, 64, 64)
+        # aligned: the label is where the geometry put the square, and the perturbed image still shows it there
+        np.testing.assert_array_equal(label, np.asarray(ref["label"]))
+        square = np.asarray(ref["image"]) > 0.5
+        assert np.mean(square == (label > 0)) > 0.97  # only interpolated border pixels may differ
+        assert not np.allclose(image, np.asarray(ref["image"]))  # the photometric step did act
+        assert image[label > 0].mean() > image[label == 0].mean()  # cut-outs (mean-filled) may cover much of it
+        areas.add(int(label.sum()))
+    assert len(areas) > 1  # the rescale was drawn (the square's area changed)
     with pytest.raises(ValueError, match="zoom_range"):
         train_transforms(zoom=True, zoom_range=(1.2, 0.8))

@@ -65,7 +65,7 @@ def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _objective(net, losses, source, labels, weak, strong, step: int) -> torch.Tensor:
-    """The R4MITO objective of DESIGN 3.5 written out: separate passes, each term weighted by its ramp."""
+    """The R4MITO objective of docs/design.md section 3.5 written out: separate passes, each term weighted by its ramp."""
     net.train()
     s_logits, s_feats = net(source, return_features=True)
     with torch.no_grad():
@@ -90,6 +90,7 @@ def _trainer(iterations: int) -> DomainAdaptationTrainer:
     terms = {k: LossTerm(losses[k], LAMBDAS[k], _inputs(k), rampup_iterations=RAMPUP,
                          output={"corr": 0, "rank": 1}.get(k)) for k in LAMBDAS}
     return DomainAdaptationTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu",
         max_epochs=1,
         epoch_length=iterations,

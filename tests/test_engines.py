@@ -27,6 +27,20 @@ from mito_monai.runtime import atomic_torch_save, latest_checkpoint, load_checkp
 Slices = ToySlices
 
 
+class FlippedSlices(ToySlices):
+    """ToySlices whose every item is flipped vertically with probability 0.5, drawn from torch's global generator
+    (as MONAI's random transforms in a loader without workers); every draw is recorded in ``flips``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.flips: list[bool] = []
+
+    def __getitem__(self, i):
+        self.flips.append(bool(torch.rand(()) < 0.5))
+        item = super().__getitem__(i)
+        return {k: v.flip(-2) if self.flips[-1] else v for k, v in item.items()}
+
+
 class CountingLoader:
     """Wraps a DataLoader and counts how often it was iterated over."""
 
@@ -67,6 +81,7 @@ def _trainer(terms=None, target=None, epochs=1, epoch_length=3, handlers=None, n
         target_data_loader=target,
         terms=terms,
         train_handlers=handlers,
+        amp=False,  # float32 on every machine (precision "auto" is tested in test_precision.py)
     )
 
 
@@ -158,10 +173,11 @@ def test_missing_view_key_is_explained():
 
 
 def _shuffled_run(epochs: int, ckpt_dir=None, resume_from=None, extra=None):
-    """A trainer with shuffled source and target loaders (random crops via a random flip in the target views)
-    and a feature-consistency term with an active ramp-up; optionally saving to / resuming from a folder."""
+    """A trainer with shuffled source and target loaders, a random flip of every target item (drawn from torch's
+    global generator) and a feature-consistency term with an active ramp-up; optionally saving to / resuming
+    from a folder."""
     term = LossTerm(Recorder(), 0.5, ["target_features_strong", "target_features_weak"], rampup_iterations=4)
-    target = DataLoader(Slices(6, labelled=False, seed=1), batch_size=2, shuffle=True)
+    target = DataLoader(FlippedSlices(6, labelled=False, seed=1), batch_size=2, shuffle=True)
     trainer = _trainer(terms={"cf": term}, target=target, epochs=epochs, epoch_length=2, shuffle=True)
     objects = {"model": trainer.network, "optimizer": trainer.optimizer, **(extra or {})}
     if ckpt_dir is not None:
@@ -175,6 +191,8 @@ def test_atomic_checkpoint_resume_matches_uninterrupted(tmp_path):
     full = _shuffled_run(epochs=3)
     full.run()
     reference = {k: v.clone() for k, v in full.network.state_dict().items()}
+    full_flips = full.second_data_loader.dataset.flips
+    assert len(full_flips) == 12 and 0 < sum(full_flips) < 12  # the flips were drawn, and both ways
 
     # interrupted after epoch 1 (the configured run is 3 epochs), then resumed in a fresh set-up
     first = _shuffled_run(epochs=3, ckpt_dir=tmp_path)
@@ -189,6 +207,8 @@ def test_atomic_checkpoint_resume_matches_uninterrupted(tmp_path):
     second = _shuffled_run(epochs=3, resume_from=tmp_path)
     second.run()
     assert second.state.iteration == 6
+    # the resumed run drew the uninterrupted run's flips for epochs 2 and 3 (the random state was restored)
+    assert first.second_data_loader.dataset.flips + second.second_data_loader.dataset.flips == full_flips
     for k, v in second.network.state_dict().items():
         assert torch.allclose(v, reference[k], atol=1e-6), k
 

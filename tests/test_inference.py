@@ -22,6 +22,11 @@ class Darkness(nn.Module):
         return torch.cat([torch.zeros_like(fg), fg], dim=1)
 
 
+def _segmenter(*args, **kwargs) -> StackSegmenter:
+    """A StackSegmenter in float32 (the references here are float32) unless a test chooses its precision."""
+    return StackSegmenter(*args, **{"amp": False, **kwargs})
+
+
 def _stack(z=3, y=37, x=45, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (z, y, x), dtype=np.uint8)
 
@@ -60,7 +65,7 @@ def test_segmenter_matches_direct_computation_and_writes_all_outputs(tmp_path):
     vol = _stack()
     tifffile.imwrite(tmp_path / "in.tif", vol, photometric="minisblack")
     inferer = SlidingWindowInferer(roi_size=(16, 16), overlap=0.5, mode="gaussian", padding_mode="reflect")
-    seg = StackSegmenter(Darkness(), inferer=inferer)
+    seg = _segmenter(Darkness(), inferer=inferer)
     written = seg.run(tmp_path / "in.tif", tmp_path / "out")
     prob = read_volume(written["probabilities"])
     mask = read_volume(written["masks"])
@@ -80,13 +85,20 @@ def test_segmenter_matches_direct_computation_and_writes_all_outputs(tmp_path):
 def test_segmenter_output_formats(tmp_path, fmt):
     vol = _stack(z=2, y=20, x=24)
     write_volume(tmp_path / "in", vol)  # a PNG folder as input
-    seg = StackSegmenter(Darkness(), roi_size=(16, 16))
+    seg = _segmenter(Darkness(), roi_size=(16, 16))
     written = seg.run(tmp_path / "in", tmp_path / "out", output_format=fmt, preview=False)
     prob = read_volume(written["probabilities"])
-    assert prob.shape == (2, 20, 24)
+    mask = read_volume(written["masks"])
+    assert prob.shape == mask.shape == (2, 20, 24)
+    # the same figures as the direct computation (the pointwise net's window blend is exact), in every format
+    expected = np.stack([1 / (1 + np.exp(-10 * (0.5 - normalize_slice(s)))) for s in vol])
     if fmt == "png":
-        assert prob.dtype == np.uint8  # PNG holds 0..255
-    assert set(np.unique(read_volume(written["masks"]))) <= {0, 255}
+        assert prob.dtype == np.uint8  # PNG holds 0..255: the probability rounded to 1/255
+        np.testing.assert_allclose(prob / 255.0, expected, atol=0.5 / 255 + 1e-5)
+    else:
+        assert prob.dtype == np.float32
+        np.testing.assert_allclose(prob, expected, atol=1e-5)
+    np.testing.assert_array_equal(mask, (expected >= 0.5).astype(np.uint8) * 255)
 
 
 def test_segmenter_loads_checkpoints_and_explains_mismatch(tmp_path):
@@ -94,18 +106,18 @@ def test_segmenter_loads_checkpoints_and_explains_mismatch(tmp_path):
 
     net = MitoUNet(channels=(4, 8))
     torch.save(net.state_dict(), tmp_path / "model.pt")
-    seg = StackSegmenter(MitoUNet(channels=(4, 8)), roi_size=(16, 16), checkpoint=tmp_path / "model.pt")
+    seg = _segmenter(MitoUNet(channels=(4, 8)), roi_size=(16, 16), checkpoint=tmp_path / "model.pt")
     for a, b in zip(seg.network.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="does not fit this network"):
-        StackSegmenter(MitoUNet(channels=(8, 16)), checkpoint=tmp_path / "model.pt")
+        _segmenter(MitoUNet(channels=(8, 16)), checkpoint=tmp_path / "model.pt")
 
 
 def test_bad_input_names_the_file_and_slice(tmp_path):
     vol = np.ones((2, 16, 16), np.float32)
     vol[1, 3, 3] = np.nan
     tifffile.imwrite(tmp_path / "nan.tif", vol, photometric="minisblack")
-    seg = StackSegmenter(Darkness(), roi_size=(16, 16))
+    seg = _segmenter(Darkness(), roi_size=(16, 16))
     with pytest.raises(ValueError, match=r"nan.tif, slice 1: .*NaN"):
         seg.run(tmp_path / "nan.tif", tmp_path / "out")
     assert not list((tmp_path / "out").glob("probabilities*"))  # nothing half-written left behind
@@ -120,7 +132,7 @@ def test_a_file_that_is_not_a_tiff_is_a_data_error_naming_it(tmp_path):
     bad.write_bytes(b"junk, not a TIFF header")
     with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
         Volume(bad)
-    seg = StackSegmenter(Darkness(), roi_size=(16, 16))
+    seg = _segmenter(Darkness(), roi_size=(16, 16))
     with pytest.raises(DataError, match=r"stack\.tif: cannot be read as TIFF"):
         seg.run(bad, tmp_path / "out")
     assert bad.read_bytes() == b"junk, not a TIFF header"  # the input is left as it was

@@ -1,4 +1,4 @@
-"""Tests of the R4MITO loss terms in mito_monai.losses (DESIGN section 3)."""
+"""Tests of the R4MITO loss terms in mito_monai.losses (docs/design.md section 3)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _pixels(features: torch.Tensor) -> list[list[list[float]]]:
 
 
 def _prototype_loss_reference(fs, ys, ftw, fts, yt, tau, temperature, num_classes=2) -> float:
-    """DESIGN 3.2 with loops: source protos, reliable target pixels, target protos (fallback), CE of cos / T."""
+    """docs/design.md section 3.2 with loops: source protos, reliable target pixels, target protos (fallback), CE of cos / T."""
     src = [pix for img in _pixels(fs) for pix in img]
     src_lab = ys.flatten().tolist()
     proto_s = []

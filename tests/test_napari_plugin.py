@@ -7,6 +7,7 @@ libgl1-mesa-dri) for the session, and without one these tests are skipped with t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from pathlib import Path
@@ -24,6 +25,18 @@ NET = {"channels": [4, 8, 16, 32], "infer_roi": [64, 64]}
 TRAIN = {**NET, "crop_size": [32, 32], "batch_size": 2, "num_agents": 8, "agent_pool_stride": 2}
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+if importlib.util.find_spec("napari") is None or importlib.util.find_spec("pytestqt") is None:
+    # napari's fixture (``make_napari_viewer``) and pytest-qt's (``qtbot``) come with the napari extra; without it
+    # the widget tests skip with the reason instead of erroring with "fixture not found"
+    @pytest.fixture
+    def make_napari_viewer():
+        _needs_napari()
+
+    @pytest.fixture
+    def qtbot():
+        _needs_napari()
 
 
 def _needs_napari():

@@ -70,6 +70,7 @@ def make_trainer(method: str, net: nn.Module, labelled, unlabelled, iterations: 
     if "mt" in method_terms(method):
         teacher = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     return SemiSupervisedTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu", max_epochs=1, epoch_length=iterations,
         train_data_loader=labelled, unlabelled_data_loader=unlabelled,
         network=net, optimizer=opt, loss_function=ce, terms=terms_for(method), teacher=teacher,
@@ -168,6 +169,7 @@ def test_plain_network_for_single_branch_methods_and_errors():
     labelled, unlabelled = DataLoader(Slices(2, True), batch_size=2), DataLoader(Slices(2, False), batch_size=2)
     teacher = AveragedModel(conv, multi_avg_fn=get_ema_multi_avg_fn(0.5))
     trainer = SemiSupervisedTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu", max_epochs=1, epoch_length=1, train_data_loader=labelled, unlabelled_data_loader=unlabelled,
         network=conv, optimizer=torch.optim.SGD(conv.parameters(), lr=0.0), loss_function=ce,
         terms={"mt": LossTerm(SoftmaxConsistencyLoss(), 1.0, ["unlabelled_logits", "teacher_logits"])},
@@ -177,18 +179,21 @@ def test_plain_network_for_single_branch_methods_and_errors():
     assert float(trainer.state.output["loss_mt"]) > 0
     with pytest.raises(ValueError, match="two-branch network"):
         SemiSupervisedTrainer(
+            amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
             device="cpu", max_epochs=1, train_data_loader=labelled, unlabelled_data_loader=unlabelled, network=conv,
             optimizer=torch.optim.SGD(conv.parameters(), lr=0.0), loss_function=ce,
             terms={"cps": LossTerm(CrossPseudoSupervisionLoss(), 1.0, ["logits", "logits_1"])},
         )
     with pytest.raises(ValueError, match="teacher"):
         SemiSupervisedTrainer(
+            amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
             device="cpu", max_epochs=1, train_data_loader=labelled, unlabelled_data_loader=unlabelled, network=conv,
             optimizer=torch.optim.SGD(conv.parameters(), lr=0.0), loss_function=ce,
             terms={"mt": LossTerm(SoftmaxConsistencyLoss(), 1.0, ["unlabelled_logits", "teacher_logits"])},
         )
     with pytest.raises(ValueError, match="does not compute"):
         SemiSupervisedTrainer(
+            amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
             device="cpu", max_epochs=1, train_data_loader=labelled, unlabelled_data_loader=unlabelled, network=conv,
             optimizer=torch.optim.SGD(conv.parameters(), lr=0.0), loss_function=ce,
             terms={"x": LossTerm(SoftmaxConsistencyLoss(), 1.0, ["target_logits_strong", "target_logits_weak"])},

@@ -41,6 +41,7 @@ _net = tiny_unet
 
 def _trainer(net, loader, terms, **kwargs) -> DomainAdaptationTrainer:
     return DomainAdaptationTrainer(
+        amp=False,  # float32 on every machine (precision auto: tests/test_precision.py)
         device="cpu",
         max_epochs=1,
         epoch_length=kwargs.pop("epoch_length", 1),

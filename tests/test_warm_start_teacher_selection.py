@@ -282,7 +282,7 @@ def test_selection_ignores_checks_before_its_start(start, chosen):
 def test_selection_scores_match_a_direct_computation():
     torch.manual_seed(0)
     net = BNNet().eval()
-    selection = LabelFreeSelection(net, DataLoader(Unlabelled(), batch_size=4), noise_std=0.0)
+    selection = LabelFreeSelection(net, DataLoader(Unlabelled(), batch_size=4), noise_std=0.0, amp=False)
     scores = selection.scores("cpu")
     x = Unlabelled().images
     with torch.no_grad():
@@ -318,7 +318,7 @@ def test_autocast_inferer_runs_bfloat16_on_cpu_and_returns_float32():
     net = Probe()
     x = torch.rand(1, 1, 20, 24)
     window = SlidingWindowInferer(roi_size=(16, 16))
-    out = AutocastInferer(window, dtype="bfloat16")(x, net)
+    out = AutocastInferer(window, enabled=True, dtype="bfloat16")(x, net)
     assert out.dtype == torch.float32 and out.shape == (1, 2, 20, 24)
     assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
     with torch.no_grad():

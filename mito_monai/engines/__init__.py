@@ -14,6 +14,7 @@ from mito_monai.engines.methods import (
 )
 from mito_monai.engines.semi_supervised import SemiSupervisedTrainer
 from mito_monai.engines.schedules import num_epochs, sigmoid_rampup
+from mito_monai.engines.two_stage import QUICKSTART_ADAPTATION, format_comparison, run_two_stage
 
 __all__ = [
     "CAFA_CODE_TERMS",
@@ -26,11 +27,14 @@ __all__ = [
     "TwoLoaderTrainer",
     "LossTerm",
     "METHODS",
+    "QUICKSTART_ADAPTATION",
     "TERM_INPUTS",
     "UNSUPERVISED_TERMS",
     "cycle",
+    "format_comparison",
     "method_terms",
     "num_epochs",
+    "run_two_stage",
     "sigmoid_rampup",
     "supervised_domain",
 ]

@@ -71,8 +71,9 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         target_data_loader: loader of unlabelled target batches; required when a term is active.
         terms: name -> :class:`LossTerm`; inactive terms (weight 0 or ``enabled=False``) are skipped.
         target_weak_key, target_strong_key: batch keys of the two target views.
-        amp_dtype: autocast dtype when ``amp`` is True (``torch.float16`` uses a gradient scaler on CUDA;
-            ``torch.bfloat16`` needs none and is the fast choice on CPUs with AVX-512 BF16 / AMX).
+        amp, amp_dtype: the precision, ``"auto"`` by default (chosen by the hardware: bfloat16 autocast on CPUs
+            with AVX-512 BF16 / AMX and on CUDA with bfloat16, float32 on other CPUs, float16 with a gradient
+            scaler on older CUDA); see :class:`~mito_monai.engines.TwoLoaderTrainer`.
         teacher: optional EMA teacher of ``network`` for the weak view (see above); must have
             ``update_parameters(network)``.
         weak_bn: ``"train"`` or ``"eval"``: BatchNorm mode of the weak (no-gradient) pass.
@@ -93,14 +94,14 @@ class DomainAdaptationTrainer(TwoLoaderTrainer):
         terms: Mapping[str, LossTerm] | None = None,
         target_weak_key: str = "image_weak",
         target_strong_key: str = "image_strong",
-        amp_dtype: torch.dtype | str = torch.bfloat16,
+        amp_dtype: torch.dtype | str = "auto",
         teacher: nn.Module | None = None,
         weak_bn: str = "train",
         source_free: bool = False,
         bn_adaptation_batches: int = 0,
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
+        amp: Any = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(

@@ -1,7 +1,7 @@
 """Method presets: which loss terms a method switches on.
 
 NoAdapt, Oracle, the CAFA-style baseline and R4MITO are one trainer (``DomainAdaptationTrainer``) with
-different terms (DESIGN.md section 2); supervised-only, Mean Teacher, CPS and DualRel are another
+different terms (docs/design.md section 2); supervised-only, Mean Teacher, CPS and DualRel are another
 (``SemiSupervisedTrainer``). The branch-0 supervised term ``sup`` is always on and not listed.
 """
 
@@ -12,7 +12,7 @@ __all__ = ["CAFA_CODE_TERMS", "METHODS", "SSL_METHODS", "SSL_TERMS", "UNSUPERVIS
 #: the unsupervised terms, in the order the trainer computes them
 UNSUPERVISED_TERMS = ("cf", "reg", "pro", "corr", "rank", "compact", "sep", "align")
 
-#: the terms taken from the public CAFA code rather than the papers' text (prototype alignment, DESIGN 3.7):
+#: the terms taken from the public CAFA code rather than the papers' text (prototype alignment, docs/design.md section 3.7):
 #: switches on top of any method, off in every preset
 CAFA_CODE_TERMS = ("compact", "sep", "align")
 

@@ -70,7 +70,8 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
             ``teacher_logits``. It must have ``update_parameters(network)``, called after each optimiser step.
         unlabelled_key: batch key of the unlabelled view the network trains on.
         teacher_key: batch key of the unlabelled view the teacher sees.
-        amp_dtype: autocast dtype when ``amp`` is True (see :class:`~mito_monai.engines.TwoLoaderTrainer`).
+        amp, amp_dtype: the precision, ``"auto"`` by default (chosen by the hardware; see
+            :class:`~mito_monai.engines.TwoLoaderTrainer`).
     """
 
     def __init__(
@@ -86,10 +87,10 @@ class SemiSupervisedTrainer(TwoLoaderTrainer):
         teacher: nn.Module | None = None,
         unlabelled_key: str = "image",
         teacher_key: str = "image",
-        amp_dtype: torch.dtype | str = torch.bfloat16,
+        amp_dtype: torch.dtype | str = "auto",
         epoch_length: int | None = None,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
+        amp: Any = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(

@@ -13,6 +13,7 @@ from monai.engines.utils import IterationEvents
 from torch import nn
 
 from mito_monai.engines.loss_term import LossTerm, check_term_inputs
+from mito_monai.runtime.precision import AUTO, Precision, as_precision
 
 __all__ = ["TwoLoaderTrainer", "cycle"]
 
@@ -43,8 +44,11 @@ class TwoLoaderTrainer(SupervisedTrainer):
 
     Args:
         second_data_loader: the cycled loader (may be None when no active term needs it).
-        amp_dtype: autocast dtype when ``amp`` is True (``torch.float16`` uses a gradient scaler on CUDA;
-            ``torch.bfloat16`` needs none and also works on CPU); a ``torch`` attribute name is accepted.
+        amp: ``"auto"`` (bfloat16 autocast where the hardware computes it natively, float32 elsewhere on CPU,
+            float16 with a gradient scaler on CUDA without bfloat16; see :mod:`mito_monai.runtime.precision`),
+            true/false to force autocast, or a resolved :class:`~mito_monai.runtime.Precision`.
+        amp_dtype: autocast dtype when autocast is on (``"auto"``, ``"bfloat16"``, ``"float16"``; float16 uses a
+            gradient scaler on CUDA).
         all other arguments: as for ``monai.engines.SupervisedTrainer``.
     """
 
@@ -52,15 +56,14 @@ class TwoLoaderTrainer(SupervisedTrainer):
         self,
         *args: Any,
         second_data_loader: Iterable | None = None,
-        amp_dtype: torch.dtype | str = torch.bfloat16,
+        amp: Precision | bool | str = AUTO,
+        amp_dtype: torch.dtype | str = AUTO,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        if isinstance(amp_dtype, str):
-            if not isinstance(getattr(torch, amp_dtype, None), torch.dtype):
-                raise ValueError(f"amp_dtype must name a torch dtype such as 'bfloat16', got {amp_dtype!r}.")
-            amp_dtype = getattr(torch, amp_dtype)
-        self.amp_dtype = amp_dtype
+        device = kwargs.get("device", args[0] if args else None)
+        self.precision = as_precision(amp, amp_dtype, device=device)
+        super().__init__(*args, amp=self.precision.amp, **kwargs)
+        self.amp_dtype = self.precision.dtype
         self._second_loader = second_data_loader
         self._second_iter: Iterator | None = None
         # every epoch starts a fresh pass of the second loader, as a resumed run does (exact resume)
@@ -112,7 +115,7 @@ class TwoLoaderTrainer(SupervisedTrainer):
 
     def _backward_and_step(self, engine: TwoLoaderTrainer, total: torch.Tensor) -> None:
         """Backward pass of ``total`` and one optimiser step, firing MONAI's iteration events."""
-        if engine.amp and engine.scaler is not None and self.amp_dtype == torch.float16:
+        if engine.amp and engine.scaler is not None and self.precision.grad_scaler:
             engine.scaler.scale(total).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.step(engine.optimizer)

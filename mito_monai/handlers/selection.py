@@ -16,6 +16,7 @@ from mito_monai.runtime.distributed import is_main_process
 from mito_monai.runtime.checkpoint_files import atomic_torch_save, unwrap_module
 from mito_monai.handlers.evaluation import scalar_metrics
 from mito_monai.metrics.label_free import LABEL_FREE_CRITERIA, LabelFreeScores
+from mito_monai.runtime.precision import as_precision
 
 __all__ = ["LabelFreeSelection"]
 
@@ -57,7 +58,8 @@ class LabelFreeSelection:
         save_path: where the selected weights go (``None``: not written).
         hindsight: also score the evaluation stack at every check (report only).
         noise_std: noise of the transformed copy, in units of each image's standard deviation.
-        amp, amp_dtype: autocast while scoring.
+        amp, amp_dtype: autocast while scoring: ``"auto"`` (chosen by the hardware for the device scored on,
+            :func:`mito_monai.runtime.resolve_precision`), true/false, or a resolved ``Precision``.
         image_key: the batch key of the images.
         enabled: ``False`` makes :meth:`attach` a no-op (a config switch).
     """
@@ -75,8 +77,8 @@ class LabelFreeSelection:
         save_path: str | os.PathLike | None = None,
         hindsight: bool = False,
         noise_std: float = 0.1,
-        amp: bool = False,
-        amp_dtype: torch.dtype | str = torch.bfloat16,
+        amp: Any = "auto",
+        amp_dtype: torch.dtype | str = "auto",
         image_key: str = "image",
         enabled: bool = True,
     ) -> None:
@@ -88,8 +90,6 @@ class LabelFreeSelection:
             raise ValueError(f"start_iteration must be >= 0, got {start_iteration}.")
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}.")
-        if isinstance(amp_dtype, str):
-            amp_dtype = getattr(torch, amp_dtype)
         self.network = network
         self.data_loader = data_loader
         self.evaluator = evaluator
@@ -101,7 +101,7 @@ class LabelFreeSelection:
         self.save_path = Path(save_path) if save_path is not None else None
         self.hindsight = bool(hindsight)
         self.noise_std = float(noise_std)
-        self.amp = bool(amp)
+        self.amp = amp
         self.amp_dtype = amp_dtype
         self.image_key = image_key
         self.enabled = bool(enabled)
@@ -132,7 +132,8 @@ class LabelFreeSelection:
         generator = torch.Generator().manual_seed(0)  # the same noise at every check
         device = torch.device(device)
         try:
-            with torch.no_grad(), torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp):
+            precision = as_precision(self.amp, self.amp_dtype, device=device)
+            with torch.no_grad(), torch.autocast(device.type, dtype=precision.dtype, enabled=precision.amp):
                 for batch in self.data_loader:
                     images = batch[self.image_key] if isinstance(batch, dict) else batch
                     images = torch.as_tensor(images).float()

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from mito_monai.runtime.precision import AUTO, Precision, as_precision, resolve_precision
+
 __all__ = ["AutocastInferer"]
 
 
@@ -21,26 +23,33 @@ class AutocastInferer(Inferer):
     Args:
         inferer: the wrapped inferer (e.g. ``monai.inferers.SlidingWindowInferer``); ``None`` calls the
             network directly.
-        enabled: ``False`` runs the wrapped inferer unchanged (float32).
-        dtype: the autocast dtype (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``).
+        enabled: ``"auto"`` (resolved for the input's device by :func:`mito_monai.runtime.resolve_precision`:
+            bfloat16 only where the hardware computes it natively), ``True``/``False``, or a resolved
+            ``Precision``; ``False`` runs the wrapped inferer unchanged (float32).
+        dtype: the autocast dtype (``"auto"``, a ``torch.dtype`` or its name, e.g. ``"bfloat16"``).
 
     Shapes: as the wrapped inferer, e.g. (B, 1, H, W) in, (B, 2, H, W) logits out.
     """
 
-    def __init__(self, inferer: Inferer | None = None, enabled: bool = True, dtype: torch.dtype | str = torch.bfloat16) -> None:
+    def __init__(
+        self, inferer: Inferer | None = None, enabled: Precision | bool | str = AUTO, dtype: torch.dtype | str = AUTO
+    ) -> None:
         super().__init__()
-        if isinstance(dtype, str):
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ValueError(f"dtype must name a torch dtype such as 'bfloat16', got {dtype!r}.")
-            dtype = getattr(torch, dtype)
+        if not isinstance(enabled, Precision):
+            resolve_precision(enabled, dtype, device="cpu", log=False)  # argument check: a clear error now
         if inferer is not None and not callable(inferer):
             raise TypeError(f"inferer must be callable, got {type(inferer).__name__}.")
         self.inferer = inferer
-        self.enabled = bool(enabled)
+        self.enabled = enabled
         self.dtype = dtype
 
+    def precision(self, device: torch.device | str) -> Precision:
+        """The precision used for inputs on ``device``."""
+        return as_precision(self.enabled, self.dtype, device=device)
+
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(inputs.device.type, dtype=self.dtype, enabled=self.enabled):
+        precision = self.precision(inputs.device)
+        with torch.autocast(inputs.device.type, dtype=precision.dtype, enabled=precision.amp):
             out = self.inferer(inputs, network, *args, **kwargs) if self.inferer is not None else network(inputs, *args, **kwargs)
         if isinstance(out, torch.Tensor) and out.is_floating_point():
             return out.float()

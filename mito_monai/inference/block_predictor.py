@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from mito_monai.inference.block_plan import Block, fitted_window, window_starts
 from mito_monai.runtime.checkpoint_files import load_checkpoint
+from mito_monai.runtime.precision import AUTO, Precision, as_precision
 from mito_monai.transforms import NormalizePerSlice
 
 __all__ = ["BlockPredictor", "normalize_slice"]
@@ -53,9 +55,11 @@ class BlockPredictor:
         roi_size: window size when no inferer is given (the papers use 512 x 512).
         device: where the network runs.
         threshold: foreground probability at or above which a pixel is mitochondria.
-        amp: run the network under autocast (bfloat16 on CPU, float16 on CUDA).
+        amp: ``"auto"`` (autocast where the hardware computes it natively: bfloat16 on CPUs with AVX-512 BF16
+            / AMX and on CUDA with bfloat16, float16 on older CUDA, float32 elsewhere; see
+            :func:`mito_monai.runtime.resolve_precision`), true/false to force it, or a resolved ``Precision``.
         checkpoint: optional path of a ``model.pt`` (state dict, loaded with ``weights_only=True``).
-        channels_last: run the network in channels-last memory format (faster on CPU with ``amp``).
+        channels_last: channels-last memory format: ``"auto"`` (with autocast) or true/false.
         max_window: largest window side the windows may grow to (None: always ``roi_size``); rounded to
             the network's ``divisor`` (its size divisor) when it has one.
     """
@@ -67,9 +71,9 @@ class BlockPredictor:
         roi_size: Sequence[int] = (512, 512),
         device: str | torch.device = "cpu",
         threshold: float = 0.5,
-        amp: bool = False,
+        amp: Precision | bool | str = AUTO,
         checkpoint: str | os.PathLike | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = AUTO,
         max_window: int | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
@@ -103,11 +107,28 @@ class BlockPredictor:
         self.max_window = None if max_window is None else int(max_window)
         self.multiple = int(getattr(network, "divisor", 1))
         self.threshold = threshold
-        self.amp = amp
-        self.channels_last = channels_last
-        if channels_last:
+        self.precision = as_precision(amp, AUTO, channels_last, self.device)
+        self.amp, self.amp_dtype, self.channels_last = self.precision.amp, self.precision.dtype, self.precision.channels_last
+        if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
+
+    def fingerprint(self) -> dict[str, str]:
+        """What a resumed run must share with the interrupted one besides the block settings: the weights
+        (``checkpoint``: sha256 of the state dict's names, dtypes, shapes and values), the ``network``
+        (class and a sha256 of its printed structure) and the ``precision`` (autocast dtype, memory format)."""
+        digest = hashlib.sha256()
+        for name, tensor in self.network.state_dict().items():
+            t = tensor.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        structure = hashlib.sha256(repr(self.network).encode()).hexdigest()[:12]
+        precision = self.precision.name + (" autocast" if self.amp else "") + (" channels-last" if self.channels_last else "")
+        return {
+            "checkpoint": "sha256:" + digest.hexdigest()[:16],
+            "network": f"{type(self.network).__name__} {structure}",
+            "precision": precision,
+        }
 
     # the network on windows -------------------------------------------------------------------
     def _importance(self, window: tuple[int, int]) -> torch.Tensor:
@@ -128,8 +149,7 @@ class BlockPredictor:
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-        with torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype if self.amp else torch.float32, enabled=self.amp):
             logits = self.network(x)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]

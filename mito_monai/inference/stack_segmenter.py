@@ -18,6 +18,7 @@ from mito_monai.inference.block_predictor import BlockPredictor, normalize_slice
 from mito_monai.inference.block_plan import BlockPlan
 from mito_monai.inference.executors import make_executor
 from mito_monai.inference.tasks import BlocksDone, BlockSegmentation, SliceStats, merge_slice_stats
+from mito_monai.runtime.precision import Precision
 from mito_monai.io import (
     DataError,
     SlabBoxWriter,
@@ -75,6 +76,11 @@ class StackSegmenter:
     def threshold(self) -> float:
         """Foreground probability at or above which a pixel is mitochondria."""
         return self.predictor.threshold
+
+    @property
+    def precision(self) -> Precision:
+        """The precision the network runs in (resolved by :func:`mito_monai.runtime.resolve_precision`)."""
+        return self.predictor.precision
 
     @property
     def network(self) -> nn.Module:
@@ -152,7 +158,7 @@ class StackSegmenter:
                 "input": str(input_path), "key": key, **plan.describe(), "roi_size": list(self.predictor.roi_size),
                 "window": list(window), "overlap": self.predictor.overlap, "threshold": self.threshold,
                 "probabilities_dtype": str(prob_dtype), "save_probabilities": save_probabilities,
-                "save_masks": save_masks,
+                "save_masks": save_masks, **self.predictor.fingerprint(),
             }
             with make_executor(scheduler, dask_workers, dask_address, dask_processes) as executor:
                 if resuming:
@@ -181,6 +187,7 @@ class StackSegmenter:
             "blocks": len(plan),
             "block_shape": list(plan.block_shape),
             "foreground_fraction": foreground / float(np.prod(plan.shape)),
+            "precision": self.predictor.precision.as_dict(),
             "outputs": dict(written),
         }
         paths.summary.write_text(json.dumps(summary, indent=2) + "\n")

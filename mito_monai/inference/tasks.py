@@ -13,6 +13,7 @@ import shutil
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,12 @@ def merge_slice_stats(parts: Iterable[tuple], depth: int) -> tuple[np.ndarray, n
     return low, high
 
 
+def _short(value: Any) -> str:
+    """A setting's value for a one-line message (``None`` when the interrupted run did not record it)."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class BlocksDone:
     """The blocks-done record of a block-wise run: a folder with the run's settings and one file per block.
 
@@ -101,10 +108,12 @@ class BlocksDone:
     def load_settings(self, settings: Mapping) -> tuple[np.ndarray, np.ndarray]:
         """The per-slice statistics of the recorded run; its settings must equal ``settings``."""
         saved = json.loads((self.folder / "settings.json").read_text())
-        if saved["settings"] != json.loads(json.dumps(dict(settings))):
-            diff = sorted(k for k in set(saved["settings"]) | set(settings) if saved["settings"].get(k) != settings.get(k))
+        current = json.loads(json.dumps(dict(settings)))
+        if saved["settings"] != current:
+            diff = sorted(k for k in set(saved["settings"]) | set(current) if saved["settings"].get(k) != current.get(k))
+            what = "; ".join(f"{k}: {_short(saved['settings'].get(k))} -> {_short(current.get(k))}" for k in diff)
             raise ValueError(
-                f"{self.folder}: the interrupted run used other settings ({', '.join(diff)}); "
+                f"{self.folder}: refusing to resume, the interrupted run used other settings ({what}); "
                 "rerun with the same ones, or --overwrite true to start again."
             )
         return np.asarray(saved["low"]), np.asarray(saved["high"])

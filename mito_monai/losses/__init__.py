@@ -1,11 +1,11 @@
 """Loss terms of the mitochondria adaptation methods, one MONAI-style loss per concept.
 
-R4MITO (DESIGN section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
+R4MITO (docs/design.md section 3): ``FeatureConsistencyLoss`` (L_cf), ``PseudoLabelConsistencyLoss`` (L_reg),
 ``PrototypePseudoLabelLoss`` (L_pro) and ``AgentRelationLoss`` (L_corr and L_rank, sharing one agent step).
 From the public CAFA code (not in R4MITO's text): ``PrototypeAlignmentLoss`` (source compactness, prototype
 separation, target alignment).
 
-DualRel (DESIGN section 4): ``ReliablePrototypeConsistencyLoss`` (L_rpc), ``PrototypeDiversityLoss`` (L_div).
+DualRel (docs/design.md section 4): ``ReliablePrototypeConsistencyLoss`` (L_rpc), ``PrototypeDiversityLoss`` (L_div).
 Its semi-supervised baselines: ``SoftmaxConsistencyLoss`` (Mean Teacher), ``CrossPseudoSupervisionLoss`` (CPS).
 """
 

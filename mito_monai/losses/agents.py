@@ -1,7 +1,7 @@
 """
 Agents, agent-level correlations and their consistency terms (R4MITO's ``L_corr`` and ``L_rank``).
 
-DESIGN sections 3.3 and 3.4. The pipeline shared by both terms is :func:`agent_relations`:
+docs/design.md sections 3.3 and 3.4. The pipeline shared by both terms is :func:`agent_relations`:
 average-pool both views' feature maps by ``pool_stride``, select ``K`` agents on the weak view
 (:func:`select_agents`), take every view's own features at those positions (:func:`gather_agents`) and
 compute each pixel's agent-level correlation ``c_i = softmax_k(F_i . a_k / T)`` (:func:`agent_correlation`).
@@ -205,7 +205,7 @@ def agent_relations(
     """
     Shared step of ``L_corr`` and ``L_rank``: pool, select agents on the weak view, correlate both views.
 
-    1. Average-pool both maps with kernel = stride = ``pool_stride`` (1: no pooling; DESIGN 3.3 item 4); a
+    1. Average-pool both maps with kernel = stride = ``pool_stride`` (1: no pooling; docs/design.md section 3.3 item 4); a
        spatial size not divisible by the stride keeps its edge, averaged over the part of the window inside.
     2. Select agents on the detached weak map (:func:`select_agents`).
     3. Agents of the strong view are the strong view's own features at the same positions; gradient flows
@@ -263,7 +263,7 @@ def correlation_consistency(
     relations: AgentRelations, reduction: LossReduction | str = "mean", entry_mean: bool = False
 ) -> torch.Tensor:
     """
-    ``L_corr = KL(c^aug || c^Aug)`` summed over the K agents, per pixel (DESIGN 3.3 item 3).
+    ``L_corr = KL(c^aug || c^Aug)`` summed over the K agents, per pixel (docs/design.md section 3.3 item 3).
 
     Args:
         relations: output of :func:`agent_relations`.
@@ -281,7 +281,7 @@ def rank_consistency(
     relations: AgentRelations, topk: int = 4, reduction: LossReduction | str = "mean", entry_mean: bool = False
 ) -> torch.Tensor:
     """
-    ``L_rank = KL(P(.|c^aug) || P(.|c^Aug))`` over the orderings of each pixel's top agents (DESIGN 3.4).
+    ``L_rank = KL(P(.|c^aug) || P(.|c^Aug))`` over the orderings of each pixel's top agents (docs/design.md section 3.4).
 
     The ``topk`` agents are those with the largest weak correlation (fewer when there are fewer agents);
     both views' correlations are gathered at these indices and turned into Plackett-Luce distributions
@@ -328,7 +328,7 @@ class AgentRelationLoss(_Loss):
             (see :func:`agent_relations`).
         entry_mean: average each pixel's KL over the entries of its distribution (see Scale below).
 
-    Scale (``entry_mean``): DESIGN 3.3-3.4 average the per-pixel KL over pixels, summing over the
+    Scale (``entry_mean``): docs/design.md section 3.3-3.4 average the per-pixel KL over pixels, summing over the
     entries of each pixel's distribution. The public RankMatch code, which R4MITO's rank term comes
     from, computes it with ``torch.nn.KLDivLoss(reduction="mean")`` over (B, H, W, entries), i.e.
     also averaged over the entries: 1/24 of the per-pixel sum for the top-4 orderings, 1/K for the

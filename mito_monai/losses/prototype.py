@@ -1,4 +1,4 @@
-"""Reliable prototype pseudo-labels (R4MITO's ``L_pro``, DESIGN section 3.2)."""
+"""Reliable prototype pseudo-labels (R4MITO's ``L_pro``, docs/design.md section 3.2)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def cosine_similarity_map(features: torch.Tensor, prototypes: torch.Tensor) -> t
 
 class PrototypePseudoLabelLoss(_Loss):
     """
-    Reliable prototype pseudo-label loss ``L_pro`` of R4MITO, as reconstructed in DESIGN section 3.2.
+    Reliable prototype pseudo-label loss ``L_pro`` of R4MITO, as reconstructed in docs/design.md section 3.2.
 
     1. Source prototypes ``p_k^s = normalize(mean of normalize(F_s) over pixels with y_s = k)`` over the batch
        (optionally EMA-smoothed across batches, see ``ema``).

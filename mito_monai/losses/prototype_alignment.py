@@ -1,4 +1,4 @@
-"""CAFA's class-aware prototype alignment (from the public CAFA code, DESIGN section 3.7; not in R4MITO's text)."""
+"""CAFA's class-aware prototype alignment (from the public CAFA code, docs/design.md section 3.7; not in R4MITO's text)."""
 
 from __future__ import annotations
 

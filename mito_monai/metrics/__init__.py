@@ -1,4 +1,4 @@
-"""The field's metrics (DESIGN.md section 5) as functions and as an ignite/MONAI metric.
+"""The field's metrics (docs/design.md section 5) as functions and as an ignite/MONAI metric.
 
 UDA convention (per slice, averaged): mAP, F1, MCC, IoU. SSL convention (whole volume): Dice, Jaccard.
 Calibration: ECE. See :mod:`mito_monai.metrics.segmentation` for the exact definitions and degenerate cases.

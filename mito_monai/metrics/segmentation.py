@@ -1,4 +1,4 @@
-"""Metrics of the mitochondria-segmentation literature (DESIGN.md section 5), torch-vectorised.
+"""Metrics of the mitochondria-segmentation literature (docs/design.md section 5), torch-vectorised.
 
 Two conventions coexist and both are reported, named by their origin:
 

@@ -1,6 +1,6 @@
 """Agent selection: K representative pixels of a feature map (R4MITO's agents, DualRel's reference points).
 
-DESIGN section 3.3, step 1. A shared building block below ``mito_monai.networks`` (DualRel's referential
+docs/design.md section 3.3, step 1. A shared building block below ``mito_monai.networks`` (DualRel's referential
 cross-attention picks its reference points with it) and ``mito_monai.losses`` (R4MITO's agent losses).
 """
 
@@ -108,7 +108,9 @@ def select_agents(
     Strategies:
 
     - ``"orthogonal"`` (default, R4MITO's "TopK" row of Table 5, RankMatch's lineage): L2-normalise the
-      features; the first agent is the pixel with the largest feature norm (the first such pixel on ties);
+      features; the first agent is the pixel with the largest feature norm (the first such pixel on ties; with
+      features already L2-normalised, the default of the losses, every norm is 1 up to rounding, so this first
+      pick is arbitrary though deterministic and only the greedy steps after it matter);
       then repeatedly add the pixel whose largest |cosine| to the agents already chosen is smallest (the
       first such pixel on ties). Vectorised over the batch: K iterations of an O(N C) update of a running
       "largest |cos|" vector. Pixels with a (near) zero feature vector are taken last.

@@ -1,4 +1,4 @@
-"""Paired weak/strong views of one crop that share geometry pixel for pixel (R4MITO, DESIGN.md 3.1)."""
+"""Paired weak/strong views of one crop that share geometry pixel for pixel (R4MITO, docs/design.md section 3.1)."""
 
 from __future__ import annotations
 

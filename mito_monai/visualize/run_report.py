@@ -37,7 +37,7 @@ FIGURE_FILES = {
     "dualrel": ("dualrel.png", "DualRel: activation maps (mitochondria / background halves) and prototype reliabilities"),
     "morphology": ("morphology.png", "Mitochondria morphology (inference --measure true): volume, sphericity, the largest objects"),
 }
-#: final-metric columns by convention (DESIGN section 5)
+#: final-metric columns by convention (docs/design.md section 5)
 CONVENTIONS = (
     ("UDA papers: per slice, averaged", ("mAP", "F1", "MCC", "IoU")),
     ("SSL papers: whole volume", ("Dice", "Jaccard")),

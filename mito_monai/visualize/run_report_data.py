@@ -169,7 +169,7 @@ def center_crop(image: torch.Tensor, max_size: int, divisor: int) -> torch.Tenso
 def prototype_similarity(
     source_features: torch.Tensor, source_labels: torch.Tensor, target_features: torch.Tensor
 ) -> np.ndarray:
-    """(2, H, W) cosine similarity of the target pixels to the source class prototypes (DESIGN 3.2 steps 1-2).
+    """(2, H, W) cosine similarity of the target pixels to the source class prototypes (docs/design.md section 3.2 steps 1-2).
 
     Args:
         source_features: (B, C, Hs, Ws) features of labelled images.
@@ -191,7 +191,7 @@ def agent_maps(
     strategy: str = "orthogonal",
     shown: int = 4,
 ) -> dict[str, np.ndarray]:
-    """Agents of one feature map and every pixel's correlation to the first ``shown`` of them (DESIGN 3.3).
+    """Agents of one feature map and every pixel's correlation to the first ``shown`` of them (docs/design.md section 3.3).
 
     The same pooling, selection and correlation as :class:`mito_monai.losses.AgentRelationLoss` (the weak view).
 

@@ -1,4 +1,4 @@
-"""DualRel's reliable pixel aggregation: cross-attention rectified by referential correlation (DESIGN section 4)."""
+"""DualRel's reliable pixel aggregation: cross-attention rectified by referential correlation (docs/design.md section 4)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class ReferentialCrossAttention(nn.Module):
 
     ``W^Q, W^K, W^V`` are bias-free C x C matrices (the paper lists no bias and no output projection; none is
     added). ``X^R`` are ``N_R = num_references`` reference points taken from the token sequence itself: the
-    paper defers their choice to a supplement that is not available, so (DESIGN section 4) they are selected
+    paper defers their choice to a supplement that is not available, so (docs/design.md section 4) they are selected
     per image with :func:`mito_monai.losses.select_agents` (greedy most-orthogonal tokens by default, the same
     selection as R4MITO's agents; selection carries no gradient, the gathered reference tokens do).
     With fewer tokens than ``num_references`` every token is a reference.
@@ -61,8 +61,8 @@ class ReferentialCrossAttention(nn.Module):
     exactly that. As ``c`` is the dot product of two probability vectors, ``0 <= c <= 1``, so the rectified
     weights ``c * s`` sum to at most 1 over the tokens and ``a_k`` is a down-weighted blend of values.
 
-    The output composition (the paper only says it follows the Transformer's cross-attention, DESIGN
-    "(+ FFN)") is a post-norm Transformer decoder layer without self-attention::
+    The output composition (the paper only says it follows the Transformer's cross-attention; ours, see
+    docs/design.md section 4) is a post-norm Transformer decoder layer without self-attention::
 
         h_k     = LayerNorm_1(f_k + Dropout(a_k))
         out_k   = LayerNorm_2(h_k + FFN(h_k))

@@ -29,7 +29,7 @@ class DualRelNet(nn.Module):
     """
     The dual-reliable network of DualRel (Mai et al., CVPR 2023) for semi-supervised mitochondria segmentation.
 
-    Two branches of the same structure, independently initialised (DESIGN section 4). Each branch:
+    Two branches of the same structure, independently initialised (docs/design.md section 4). Each branch:
 
     - encoder: MONAI's :py:class:`monai.networks.nets.ResNet` (2D, ``encoder_depth`` 50 by default, the
       torchvision layout: 7x7 stride-2 stem, max-pooling, bias-free 1x1 shortcut projections) without its
@@ -370,7 +370,7 @@ class DualRelSingleBranch(nn.Module):
 
     Args:
         network: the two-branch network.
-        branch: 0 or 1; DualRel infers with one branch (DESIGN section 4).
+        branch: 0 or 1; DualRel infers with one branch (docs/design.md section 4).
     """
 
     def __init__(self, network: DualRelNet, branch: int = 0) -> None:
@@ -400,7 +400,7 @@ class DualRelInferenceNet(DualRelNet):
     :class:`DualRelSingleBranch` is the other way to run one branch: a view of a network being trained.
 
     Args:
-        branch: 0 or 1, the branch ``forward`` runs; DualRel infers with one branch (DESIGN section 4).
+        branch: 0 or 1, the branch ``forward`` runs; DualRel infers with one branch (docs/design.md section 4).
         kwargs: the arguments of :class:`DualRelNet`.
     """
 
