@@ -52,3 +52,20 @@ def test_merge_rules():
     # a config already written keeps its key order; a new key goes after its predecessor
     kept = gen.keep_order({"a": 1, "c": 3, "b": 2}, {"b": 0, "a": 0})
     assert list(kept) == ["b", "a", "c"]
+
+
+def test_quick_start_adapts_with_the_recommended_overlay_itself(tmp_path):
+    """The quick start's stage 2 reads protocols/adapt_recommended.json: one file, no copy of it in Python."""
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from mito_monai.engines import recommended_adaptation
+
+    configs = Path(__file__).resolve().parents[1] / "bundles" / "r4mito" / "configs"
+    overlay = json.loads((configs / "protocols" / "adapt_recommended.json").read_text())
+    got = recommended_adaptation(configs / "train.json")
+    assert got == {k: v for k, v in overlay.items() if k != "_description"} and "teacher" in got
+    with pytest.raises(FileNotFoundError, match="adapt_recommended.json does not exist"):
+        recommended_adaptation(tmp_path / "train.json")

@@ -14,7 +14,7 @@ from mito_monai.engines.methods import (
 )
 from mito_monai.engines.semi_supervised import SemiSupervisedTrainer
 from mito_monai.engines.schedules import num_epochs, sigmoid_rampup
-from mito_monai.engines.two_stage import QUICKSTART_ADAPTATION, format_comparison, run_two_stage
+from mito_monai.engines.two_stage import format_comparison, recommended_adaptation, run_two_stage
 
 __all__ = [
     "CAFA_CODE_TERMS",
@@ -27,7 +27,7 @@ __all__ = [
     "TwoLoaderTrainer",
     "LossTerm",
     "METHODS",
-    "QUICKSTART_ADAPTATION",
+    "recommended_adaptation",
     "TERM_INPUTS",
     "UNSUPERVISED_TERMS",
     "cycle",

@@ -17,16 +17,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUICKSTART_ADAPTATION", "format_comparison", "run_two_stage"]
+__all__ = ["RECOMMENDED_ADAPTATION_FILE", "format_comparison", "recommended_adaptation", "run_two_stage"]
 
-#: stage-2 settings (``protocols/adapt_recommended.json``); the ramp-up is a fifth of the adaptation stage
-QUICKSTART_ADAPTATION: dict[str, Any] = {
-    "teacher": "ema",
-    "teacher_decay": 0.99,
-    "lambda_reg": 1.0,
-    "cafa_source_aug": True,
-    "cafa_weak_perturb": True,
-}
+#: the recommended stage-2 settings, relative to the folder of ``train.json``
+RECOMMENDED_ADAPTATION_FILE = Path("protocols") / "adapt_recommended.json"
+
+
+def recommended_adaptation(config_file: str | os.PathLike) -> dict[str, Any]:
+    """The recommended stage-2 settings: ``protocols/adapt_recommended.json`` beside ``config_file``
+    (``train.json``), without its ``_description``; one file serves the quick start and the protocols.
+
+    Raises:
+        FileNotFoundError: naming the file when it is missing.
+    """
+    path = Path(config_file).parent / RECOMMENDED_ADAPTATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: expected the recommended adaptation settings of the bundle.")
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 _COLUMNS = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard")
 
 
@@ -90,7 +97,7 @@ def run_two_stage(
 
     Stage 1 runs ``config_file`` with ``method="noadapt"`` for ``source_iterations`` into ``ckpt_dir/source`` and
     ``output_dir/source``; stage 2 starts from its ``model.pt`` (``init_checkpoint``) and trains ``method`` with the
-    ``adaptation`` settings (default :data:`QUICKSTART_ADAPTATION`) for ``adapt_iterations`` into ``ckpt_dir`` and
+    ``adaptation`` settings (default :func:`recommended_adaptation`) for ``adapt_iterations`` into ``ckpt_dir`` and
     ``output_dir`` (``model.pt``, ``final_metrics.json``, the run report). The comparison is printed and written to
     ``output_dir/two_stage.json``.
 
@@ -100,7 +107,7 @@ def run_two_stage(
         method: the stage-2 method (``baseline`` or ``r4mito``; ``noadapt`` continues the source model, the
             same-budget control).
         ckpt_dir, output_dir: where stage 2 writes; stage 1 writes into their ``source`` subfolders.
-        adaptation: stage-2 settings replacing :data:`QUICKSTART_ADAPTATION`.
+        adaptation: stage-2 settings replacing :func:`recommended_adaptation`.
         overrides: settings of both stages (e.g. ``dataset_dir``, ``seed``, ``amp``).
 
     Returns:
@@ -119,7 +126,7 @@ def run_two_stage(
     })
     middle = time.perf_counter()
     adapted = _stage(config_file, meta, {
-        **quiet, **dict(QUICKSTART_ADAPTATION if adaptation is None else adaptation), **overrides,
+        **quiet, **dict(recommended_adaptation(config_file) if adaptation is None else adaptation), **overrides,
         "method": method, "num_iterations": n2, "epoch_length": _epoch_length(n2), "rampup_iterations": max(1, n2 // 5),
         "init_checkpoint": str(ckpt_dir / "source" / "model.pt"),
         "ckpt_dir": str(ckpt_dir), "output_dir": f"$'{output_dir}'",
