@@ -198,7 +198,7 @@ def test_measure_widget_fills_the_table_and_features_and_selects_a_row(make_napa
     layer = viewer.add_labels(labels, scale=(2.0, 0.5, 0.5))
     widget = MeasureWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.labels.value is layer
+    assert widget.labels_layer.value is layer
     widget.run_button.clicked.emit()
     qtbot.waitUntil(lambda: widget.result is not None, timeout=30_000)
     assert list(layer.features["index"]) == [3, 5] and layer.features["volume"].tolist() == [36.0, 24.0]

@@ -43,13 +43,13 @@ class MeasureWidget(Container):
 
     def __init__(self, napari_viewer: Any) -> None:
         self.viewer = napari_viewer
-        self.labels = ComboBox(label="labels", choices=lambda _: _layers_of(napari_viewer, Labels))
+        self.labels_layer = ComboBox(label="labels", choices=lambda _: _layers_of(napari_viewer, Labels))
         self.image = ComboBox(label="image (optional)", choices=lambda _: [("none", None)] + _layers_of(napari_viewer, Image))
         self.skeleton = CheckBox(label="skeleton (branches, length)", value=False)
         self.run_button = PushButton(text="Measure")
         self.status = Label(value="")
         self.table = Table(value={c: [] for c in SHOWN})
-        super().__init__(widgets=[self.labels, self.image, self.skeleton, self.run_button, self.status, self.table])
+        super().__init__(widgets=[self.labels_layer, self.image, self.skeleton, self.run_button, self.status, self.table])
         self.result = None
         self._layer = None
         self.run_button.changed.connect(self._start)
@@ -59,7 +59,7 @@ class MeasureWidget(Container):
         self.reset_choices()
 
     def _start(self) -> None:
-        layer, image = self.labels.value, self.image.value
+        layer, image = self.labels_layer.value, self.image.value
         if layer is None:
             show_error("choose a labels layer to measure.")
             return
