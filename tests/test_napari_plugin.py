@@ -39,6 +39,37 @@ if importlib.util.find_spec("napari") is None or importlib.util.find_spec("pytes
         _needs_napari()
 
 
+def _qt_starts() -> str | None:
+    """None when a Qt application starts in a child process (with this process's DISPLAY), else why not: a Qt
+    that cannot load its platform plugin aborts the whole process, so it is tried in a child first."""
+    import subprocess
+    import sys
+
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    try:
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "a Qt application did not start within 120 s"
+    if res.returncode == 0:
+        return None
+    lines = [line for line in (res.stderr or "").splitlines() if line.strip()]
+    return "Qt cannot start here (" + (lines[0] if lines else f"exit status {res.returncode}") + "): install the X11/xcb libraries of .ci/run"
+
+
+if importlib.util.find_spec("napari") is not None and importlib.util.find_spec("pytestqt") is not None:
+    _QT_PROBLEM = _qt_starts() if os.environ.get("DISPLAY") else None
+    if _QT_PROBLEM:
+        # these override napari's and pytest-qt's fixtures, which would abort the test process in Qt's start-up
+
+        @pytest.fixture
+        def make_napari_viewer():
+            pytest.skip(_QT_PROBLEM)
+
+        @pytest.fixture
+        def qtbot():
+            pytest.skip(_QT_PROBLEM)
+
+
 def _needs_napari():
     pytest.importorskip("napari", reason="the napari extra is not installed (pip install -e '.[napari]')")
     pytest.importorskip("pytestqt", reason="pytest-qt is not installed (part of the napari extra)")
