@@ -6,23 +6,24 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
-from mito_monai.datasets.splits import load_split
+from mito_monai.datasets.splits import open_split, volume_foreground_fraction
 
 __all__ = ["foreground_prior", "label_foreground_fraction"]
 
 
 def label_foreground_fraction(layout: str, root: str | os.PathLike, split: str) -> float:
-    """The fraction of labelled voxels that are foreground (non-zero) in ``split`` of ``root``.
+    """The fraction of labelled voxels that are foreground (non-zero) in ``split`` of ``root``, read lazily slab
+    by slab (the images are not read).
 
     Raises:
         ValueError: naming the split when it has no labels or is empty.
     """
-    _, label = load_split(layout, root, split, with_label=True)
-    if label is None or label.size == 0:
+    image, label = open_split(layout, root, split, with_label=True)
+    image.close()
+    if label is None:
         raise ValueError(f"{root}: split {split!r} of layout {layout} has no labels to take a foreground fraction from.")
-    return float(np.count_nonzero(label)) / float(label.size)
+    with label:
+        return volume_foreground_fraction(label)
 
 
 def foreground_prior(

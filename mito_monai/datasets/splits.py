@@ -14,7 +14,7 @@ from mito_monai.io.errors import DataError
 from mito_monai.io.paths import PathLike
 from mito_monai.io.volume import Volume, open_volume
 
-__all__ = ["open_split", "load_split", "dataset_info"]
+__all__ = ["open_split", "load_split", "dataset_info", "volume_foreground_fraction"]
 
 
 def _shape_mismatch(sf: SplitFiles, image_shape, label_shape) -> DataError:
@@ -78,7 +78,7 @@ def load_split(
         return image, label_volume.read()
 
 
-def _foreground_fraction(label: Volume) -> float:
+def volume_foreground_fraction(label: Volume) -> float:
     """Fraction of non-zero label voxels, read slab by slab (whole only where the format is read whole)."""
     total, step = 0, max(1, int(2**26 // max(1, label.shape[1] * label.shape[2])))
     for z in range(0, label.shape[0], step):
@@ -103,7 +103,7 @@ def dataset_info(name: str, root: PathLike) -> dict:
         fraction = None
         if label is not None:
             with label:
-                fraction = _foreground_fraction(label)
+                fraction = volume_foreground_fraction(label)
         out[split] = {
             "image_shape": [int(s) for s in shape],
             "dtype": str(np.dtype(dtype)),
