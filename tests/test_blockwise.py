@@ -4,6 +4,7 @@ resume, no silent overwrite, and the Dask executor (a LocalCluster on 127.0.0.1)
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,8 +176,15 @@ def test_dask_local_cluster_equals_one_process(tmp_path, processes):
     _zarr_input(tmp_path / "in.zarr")
     seg = _segmenter(_net(), roi_size=(32, 32))
     kwargs = dict(output_format="zarr", block_slices=2, block_tile=32, progress=False)
-    one = seg.run(tmp_path / "in.zarr", tmp_path / "one", **kwargs)
-    two = seg.run(tmp_path / "in.zarr", tmp_path / "two", scheduler="dask", dask_workers=2, dask_processes=processes, **kwargs)
+    # the local cluster's worker processes run with cpu_count // workers threads; the one-process reference runs with
+    # the same number, so that both sum in the same order and the results can be compared exactly
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    try:
+        one = seg.run(tmp_path / "in.zarr", tmp_path / "one", **kwargs)
+        two = seg.run(tmp_path / "in.zarr", tmp_path / "two", scheduler="dask", dask_workers=2, dask_processes=processes, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
     for name in ("probabilities", "masks"):
         np.testing.assert_array_equal(read_volume(two[name]), read_volume(one[name]))
     assert len(list((tmp_path / "two" / "blocks_done").glob("[0-9]*.json"))) == 27  # each worker recorded its blocks
