@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
+__all__ = ["main", "choose_setting", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
 
 
 def _print_json(obj: Any) -> None:
@@ -255,6 +255,47 @@ def compare(
         _print_json({"plot": str(write_compare_plot(rows, chosen, plot, overwrite=overwrite)), "metric": chosen})
 
 
+def choose_setting(
+    *candidates: str,
+    source_fraction: str | float,
+    band: float = 2.0,
+    hindsight: bool = False,
+    output: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Choose an adaptation setting among finished runs by the label-free rule; print the choice as JSON.
+
+    Each CANDIDATE is NAME=RUNS: RUNS (a glob is allowed) names final_metrics.json files, run folders, or a
+    folder of runs (one per seed), e.g. ``recommended=runs/A/s2_recommended``. The rule reads each final model's
+    label-free scores on the unlabelled target (agreement, predicted foreground fraction), keeps the candidates
+    whose mean foreground fraction lies within a factor --band of --source_fraction q (a number, or a source
+    model's JSON card), and picks the highest mean agreement; it also reports the pick of each seed alone.
+    --hindsight true adds each candidate's mean test IoU and the best in hindsight, for the report only (the
+    choice never reads a label). --output also writes the JSON (kept unless --overwrite true).
+    """
+    from mito_monai.setting_choice import choose_setting as _choose
+    from mito_monai.setting_choice import find_final_metrics, label_free_scores, resolve_source_fraction
+
+    if not candidates:
+        raise ValueError("give at least one candidate as NAME=RUNS, e.g. recommended=runs/A/s2_recommended.")
+    runs = {}
+    for item in candidates:
+        name, sep, pattern = str(item).partition("=")
+        if not sep or not name or not pattern:
+            raise ValueError(f"candidate {item!r}: expected NAME=RUNS (a run folder, a folder of runs or a glob).")
+        if name in runs:
+            raise ValueError(f"candidate name {name!r} is given twice.")
+        runs[name] = [label_free_scores(f, hindsight=hindsight) for f in find_final_metrics(pattern)]
+    result = _choose(runs, resolve_source_fraction(source_fraction), band=band)
+    if output:
+        path = Path(output)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists: give --overwrite true to replace it.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    _print_json(result)
+
+
 def report(
     run: str | None = None,
     output: str | None = None,
@@ -295,6 +336,7 @@ def report(
 
 
 COMMANDS = {
+    "choose-setting": choose_setting,
     "compare": compare,
     "dataset-info": dataset_info,
     "evaluate": evaluate,

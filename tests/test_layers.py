@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("morphology",),  # measures what inference labels; the report (visualize) draws its table
     ("visualize",),
     ("export", "handlers"),
-    ("tracking", "napari_plugin"),
+    ("tracking", "setting_choice", "napari_plugin"),
     ("cli",),
     ("__main__",),
 )
