@@ -14,10 +14,22 @@ from ignite.engine import Engine, Events
 
 from mito_monai.runtime.distributed import is_main_process
 
-__all__ = ["EvaluationReport", "FinalEvaluation", "format_metrics_table", "report_metrics", "scalar_metrics"]
+__all__ = [
+    "LABEL_FREE_NOTE",
+    "EvaluationReport",
+    "FinalEvaluation",
+    "format_metrics_table",
+    "report_metrics",
+    "scalar_metrics",
+]
 
 #: metrics shown as percentages, in this order (UDA convention first, then SSL, then calibration)
 DEFAULT_COLUMNS = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE")
+#: what the record and the printed table of a label-free evaluation say about its scores
+LABEL_FREE_NOTE = (
+    "label-free: no label was read; entropy (nats, lower = more confident) and foreground_fraction (predicted "
+    "mitochondria) of the final model on unlabelled target slices. These are not segmentation scores (no IoU)."
+)
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
@@ -43,6 +55,8 @@ def format_metrics_table(metrics: Mapping[str, Any], title: str = "", columns: S
         v = values[key]
         if key in columns and isinstance(v, float):
             text = "  n/a" if math.isnan(v) else f"{100.0 * v:6.2f}"
+        elif isinstance(v, float):
+            text = f"{v:.4f}"
         else:
             text = f"{v}"
         lines.append(f"{key.ljust(width)} | {text}")
@@ -81,11 +95,17 @@ class FinalEvaluation(EvaluationReport):
     run attach it on every rank (the evaluator's metrics are all-reduced over the ranks' shares of
     the stack); rank 0 alone prints and writes the result.
 
+    With ``label_free=True`` (an evaluator of unlabelled images with
+    :class:`~mito_monai.metrics.LabelFreeMetrics`) the printed table and the JSON say so: the JSON gains
+    ``"labels_used": false`` and ``"evaluation"`` (:data:`LABEL_FREE_NOTE`), the table a line under its title; a
+    segmentation metric in such an evaluator's results is an error (it would need labels).
+
     Args:
         evaluator: the validation evaluator (e.g. ``validate#evaluator``).
         output_path: JSON file for the final metrics (``None`` = not written).
         title: heading of the printed table.
         extra: more fields for the JSON (e.g. method, seed).
+        label_free: the evaluator reads no label and reports label-free scores.
     """
 
     def __init__(
@@ -94,22 +114,28 @@ class FinalEvaluation(EvaluationReport):
         output_path: str | os.PathLike | None = None,
         title: str = "final model on the evaluation stack",
         extra: Mapping[str, Any] | None = None,
+        label_free: bool = False,
     ) -> None:
         super().__init__(output_path, title, extra)
         self.evaluator = evaluator
+        self.label_free = bool(label_free)
 
     def __call__(self, engine: Engine) -> None:
         state = self.evaluator.state
         if getattr(state, "epoch", 0) != engine.state.epoch or not state.metrics:
             self.evaluator.run(engine.state.epoch)
+        title, extra = f"{self.title} (iteration {engine.state.iteration})", {"iteration": engine.state.iteration}
+        if self.label_free:
+            segmentation = sorted(set(scalar_metrics(self.evaluator.state.metrics)) & set(DEFAULT_COLUMNS))
+            if segmentation:
+                raise ValueError(f"a label-free evaluation cannot report segmentation metrics, got {segmentation}.")
+            title = f"{title}\n{LABEL_FREE_NOTE}"
+            extra.update(labels_used=False, evaluation=LABEL_FREE_NOTE)
         if not is_main_process():
             self.metrics = scalar_metrics(self.evaluator.state.metrics)
             return
         self.metrics = report_metrics(
-            self.evaluator.state.metrics,
-            title=f"{self.title} (iteration {engine.state.iteration})",
-            output_path=self.output_path,
-            extra={"iteration": engine.state.iteration, **self.extra},
+            self.evaluator.state.metrics, title=title, output_path=self.output_path, extra={**extra, **self.extra}
         )
 
 

@@ -34,19 +34,22 @@ logger = logging.getLogger(__name__)
 class RunReport:
     """Draws the run report when training completes; with ``--tracking mlflow`` logs it into the run.
 
-    While ``evaluator`` runs it keeps each slice's IoU and the calibration bins. The report uses the first
+    While ``evaluator`` runs it keeps each slice's IoU and the calibration bins, or, when the evaluator's slices have
+    no labels (``--target_eval_split none``), each slice's mean prediction entropy. The report uses the first
     evaluation at the trainer's final iteration: that is the final model's (the epoch's validation, or
     :class:`~mito_monai.handlers.FinalEvaluation`; list this handler after it), whatever later runs score
     (e.g. the selected weights of :class:`~mito_monai.handlers.LabelFreeSelection`).
-    At ``COMPLETED`` it predicts the best, median and worst slices again, computes the method's maps on the
+    At ``COMPLETED`` it predicts the best, median and worst slices again (without labels: the most confident, median
+    and least confident by entropy, drawn as image and prediction), computes the method's maps on the
     median slice (a central crop of at most ``max_crop``), and writes into ``output_dir``:
     ``report_data.npz`` and ``report/`` (the PNGs and a self-contained ``report.html``; see
     :func:`mito_monai.visualize.write_report`). The method's maps depend on the trainer's network:
 
     - a :class:`~mito_monai.networks.nets.DualRelNet`: the K activation maps and the prototype reliabilities;
     - a network with ``return_features`` (``MitoUNet``): the cosine similarity of the slice's features to the
-      source prototypes of one labelled training batch, thresholded at ``tau`` (R4MITO Fig. 5), and the
-      agents' correlation maps (Fig. 6) with the agent settings of the run.
+      source prototypes of one labelled training batch, thresholded at ``tau`` (R4MITO Fig. 5; left out when the
+      training batches have no labels, as in a source-free run), and the agents' correlation maps (Fig. 6) with the
+      agent settings of the run.
 
     When MONAI's ``MLFlowHandler`` is on the trainer, the report, its PNGs, ``history.jsonl``,
     ``final_metrics.json`` and ``report_data.npz`` go to the run's artifacts under ``artifact_path``.
@@ -148,10 +151,14 @@ class RunReport:
     def collect(self, engine: Engine) -> ReportData:
         """Compute the report's arrays from the final model (see the class docstring)."""
         stats = self._first_at.get(engine.state.iteration, self.statistics)
-        data = ReportData(slice_iou=stats.iou, calibration=stats.calibration())
+        data = ReportData(slice_iou=stats.iou, slice_entropy=stats.entropy, calibration=stats.calibration())
         evaluator = self.evaluator
         dataset = getattr(evaluator.data_loader, "dataset", None)
-        picks = pick_examples(stats.iou)
+        labelled = not stats.entropy
+        if labelled:
+            picks = pick_examples(stats.iou)
+        else:
+            picks = pick_examples([-e for e in stats.entropy], names=("most confident", "median", "least confident"))
         if dataset is None or not picks:
             return data
         eval_net, train_net = evaluator.network, engine.network
@@ -166,12 +173,12 @@ class RunReport:
                 image = torch.as_tensor(item["image"]).float()[None].to(device)
                 prob = torch.softmax(evaluator.inferer(image, eval_net).float(), dim=1)[:, 1]
                 images[name] = image
-                data.examples.append(
-                    {
-                        "name": name, "index": index, "iou": stats.iou[index], "image": as_numpy_slice(image),
-                        "label": as_numpy_slice(item["label"]) > 0.5, "prob": as_numpy_slice(prob),
-                    }
-                )
+                example = {"name": name, "index": index, "image": as_numpy_slice(image), "prob": as_numpy_slice(prob)}
+                if labelled:
+                    example.update(iou=stats.iou[index], label=as_numpy_slice(item["label"]) > 0.5)
+                else:
+                    example["entropy"] = stats.entropy[index]
+                data.examples.append(example)
             target = images.get("median", next(iter(images.values())))
             self._method_maps(data, engine, train_net, target, device)
         finally:
@@ -199,6 +206,8 @@ class RunReport:
         batch = next(iter(engine.data_loader))
         if isinstance(batch, list):
             batch = batch[0]
+        if not isinstance(batch, dict) or "image" not in batch or "label" not in batch:
+            return  # no labelled training batch (a source-free run): no source prototypes to draw
         source, labels = batch["image"].float().to(device), batch["label"].to(device)
         _, source_features = network(source, return_features=True)
         data.prototypes = {

@@ -34,6 +34,8 @@ __all__ = [
 ERROR_COLOURS = {"TP": (0.0, 0.62, 0.45), "FP": (0.90, 0.62, 0.0), "FN": (0.0, 0.45, 0.70)}
 #: validation metrics, in the papers' order (UDA per slice, SSL per volume, calibration)
 METRIC_ORDER = ("mAP", "F1", "MCC", "IoU", "Dice", "Jaccard", "ECE")
+#: label-free validation scores (an evaluation without labels), drawn on their own scale
+LABEL_FREE_ORDER = ("entropy", "foreground_fraction", "agreement")
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -90,10 +92,24 @@ def loss_figure(history: RunHistory) -> Figure:
 
 
 def validation_figure(history: RunHistory) -> Figure:
-    """Validation metrics (percent) against the training iteration at which they were measured."""
+    """Validation metrics (percent) against the training iteration at which they were measured.
+
+    A run evaluated without labels records label-free scores instead (entropy in nats, foreground fraction,
+    agreement): they are drawn as they are, under a title that says no label was used.
+    """
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.subplots()
     keys = [k for k in METRIC_ORDER if k in history.validation]
+    label_free = [k for k in LABEL_FREE_ORDER if k in history.validation]
+    if not keys and label_free:
+        for key in label_free:
+            its, values = history.series("validation", key)
+            ax.plot(its, values, marker="o", ms=3, label=key)
+        ax.legend(fontsize=8, ncol=3)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("score (entropy in nats, fractions)")
+        ax.set_title("label-free scores on the unlabelled target (no labels; not segmentation accuracy)", fontsize=10)
+        return fig
     for key in keys:
         its, values = history.series("validation", key)
         ax.plot(its, 100.0 * values, marker="o", ms=3, label=key)
@@ -166,12 +182,17 @@ def slice_examples_figure(
 ) -> Figure:
     """One row per example slice: image, label, foreground probability, TP/FP/FN overlay.
 
+    Examples without a label (an evaluation without labels) get three columns: image, foreground probability and
+    the predicted mask over the image; their heading gives the slice's mean entropy instead of an IoU.
+
     Args:
-        examples: dicts with ``name`` (e.g. "best"), ``index`` (slice number), ``iou``, and (H, W) arrays
-            ``image``, ``label`` (binary) and ``prob`` (foreground probability).
+        examples: dicts with ``name`` (e.g. "best"), ``index`` (slice number), (H, W) arrays ``image`` and ``prob``
+            (foreground probability), and ``iou`` and a binary (H, W) ``label``, or ``entropy`` without labels.
         threshold: the mask is ``prob >= threshold``.
     """
     rows = max(len(examples), 1)
+    if examples and not any("label" in ex for ex in examples):
+        return _unlabelled_examples_figure(examples, threshold)
     fig = Figure(figsize=(12, 3.2 * rows), layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, 4))
     if not examples:
@@ -187,6 +208,23 @@ def slice_examples_figure(
         _image(row[3], error_overlay(ex["image"], ex["label"], np.asarray(ex["prob"]) >= threshold), "errors")
     handles = [Patch(color=c, label=n) for n, c in ERROR_COLOURS.items()]
     axes[0, 3].legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.8)
+    return fig
+
+
+def _unlabelled_examples_figure(examples: Sequence[Mapping[str, Any]], threshold: float) -> Figure:
+    """Image, foreground probability and predicted mask of example slices without labels."""
+    fig = Figure(figsize=(9, 3.2 * len(examples)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(examples), 3))
+    colour = np.asarray(ERROR_COLOURS["TP"])
+    for row, ex in zip(axes, examples):
+        head = f"{ex['name']}: slice {ex['index']}, entropy {float(ex['entropy']):.3f} nats (no label)"
+        _image(row[0], ex["image"], head)
+        im = _image(row[1], ex["prob"], "P(mitochondria)", cmap="magma", vmin=0, vmax=1)
+        fig.colorbar(im, ax=row[1], fraction=0.046)
+        mask = np.asarray(ex["prob"]) >= threshold
+        overlay = error_overlay(ex["image"], np.zeros_like(mask), np.zeros_like(mask), alpha=0.0)
+        overlay[mask] = 0.4 * overlay[mask] + 0.6 * colour
+        _image(row[2], overlay, f"predicted mask ({100.0 * float(mask.mean()):.1f} % of pixels)")
     return fig
 
 

@@ -88,7 +88,28 @@ def _make_figures(history: RunHistory | None, data: ReportData | None) -> dict[s
     return out
 
 
-def _metrics_table(metrics: Mapping[str, Any]) -> str:
+#: headings of a run evaluated without labels, where they differ from :data:`FIGURE_FILES`
+LABEL_FREE_HEADINGS = {
+    "validation": "Label-free scores during training (no labels)",
+    "slices": "Most confident, median and least confident unlabelled slices (entropy; no labels)",
+}
+
+
+def _label_free_table(metrics: Mapping[str, Any]) -> str:
+    rows = [
+        f"<tr><td>{html.escape(str(key))}</td><td>{html.escape(f'{value:.4f}' if isinstance(value, float) else str(value))}</td></tr>"
+        for key, value in metrics.items()
+    ]
+    return (
+        "<p>Label-free evaluation: no label was read. These scores are not segmentation accuracy "
+        "(a model that predicts nothing is confident too).</p>"
+        "<table><thead><tr><th>label-free score</th><th>value</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+
+
+def _metrics_table(metrics: Mapping[str, Any], label_free: bool = False) -> str:
+    if label_free:
+        return _label_free_table(metrics)
     rows = []
     for convention, keys in CONVENTIONS:
         for key in keys:
@@ -122,8 +143,18 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(title: str, meta: Mapping[str, Any], metrics: Mapping[str, Any] | None, pngs: Mapping[str, bytes], notes: Sequence[str] = ()) -> str:
-    """The report page: every PNG embedded as base64 (no file beside it is needed to view it)."""
+def render_html(
+    title: str,
+    meta: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+    pngs: Mapping[str, bytes],
+    notes: Sequence[str] = (),
+    label_free: bool = False,
+) -> str:
+    """The report page: every PNG embedded as base64 (no file beside it is needed to view it).
+
+    ``label_free``: the run was evaluated without labels; its final scores are shown as label-free scores.
+    """
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style><script>{_CHECK_IMAGES}</script></head><body>",
@@ -132,9 +163,10 @@ def render_html(title: str, meta: Mapping[str, Any], metrics: Mapping[str, Any] 
     if meta:
         parts.append("<p class='meta'>" + "; ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in meta.items()) + "</p>")
     parts.append("<h2>Final model</h2>")
-    parts.append(_metrics_table(metrics) if metrics is not None else "<p class='missing'>no final_metrics.json in this run</p>")
+    parts.append(_metrics_table(metrics, label_free) if metrics is not None else "<p class='missing'>no final_metrics.json in this run</p>")
     for key, (_, heading) in FIGURE_FILES.items():
         if key in pngs:
+            heading = LABEL_FREE_HEADINGS.get(key, heading) if label_free else heading
             data = base64.b64encode(pngs[key]).decode("ascii")
             parts.append(f"<h2>{html.escape(heading)}</h2><img alt='{key}' src='data:image/png;base64,{data}'>")
     for note in notes:
@@ -186,7 +218,8 @@ def write_report(
     output.parent.mkdir(parents=True, exist_ok=True)
     for key, png in pngs.items():
         output.with_name(FIGURE_FILES[key][0]).write_bytes(png)
-    page = render_html(title, meta, record["metrics"] if record else None, pngs, notes)
+    label_free = bool(record) and record.get("labels_used") is False
+    page = render_html(title, meta, record["metrics"] if record else None, pngs, notes, label_free=label_free)
     tmp = output.with_name(f".{output.name}.tmp")
     tmp.write_text(page)
     os.replace(tmp, output)

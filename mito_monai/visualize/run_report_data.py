@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mito_monai.io.errors import DataError
-from mito_monai.metrics import calibration_bins, ssl_metrics
+from mito_monai.metrics import binary_entropy, calibration_bins, ssl_metrics
 
 __all__ = [
     "REPORT_DATA_FILE",
@@ -40,9 +40,12 @@ class ReportData:
     """Arrays for the report's figures; every field may be empty (that figure is then left out).
 
     Attributes:
-        slice_iou: (Z,) IoU of every evaluated slice, in the evaluation order.
+        slice_iou: (Z,) IoU of every evaluated slice, in the evaluation order (empty without labels).
+        slice_entropy: (Z,) mean prediction entropy of every evaluated slice, recorded when the evaluation had no
+            labels (then ``slice_iou`` and ``calibration`` are empty).
         calibration: ``count``, ``correct``, ``confidence``: (num_bins,) calibration bins over the stack.
-        examples: dicts with ``name``, ``index``, ``iou`` and (H, W) ``image``, ``label``, ``prob``.
+        examples: dicts with ``name``, ``index``, (H, W) ``image`` and ``prob``, and ``iou`` and (H, W) ``label``
+            with labels, or ``entropy`` without.
         prototypes: R4MITO Fig. 5: ``image`` (H, W), ``similarity`` (2, H, W), ``tau``.
         agents: R4MITO Fig. 6: ``image`` (H, W), ``correlations`` (A, H, W), ``positions`` (A, 2),
             ``all_positions`` (K, 2).
@@ -50,6 +53,7 @@ class ReportData:
     """
 
     slice_iou: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    slice_entropy: np.ndarray = field(default_factory=lambda: np.zeros(0))
     calibration: dict[str, np.ndarray] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     prototypes: dict[str, Any] = field(default_factory=dict)
@@ -59,13 +63,18 @@ class ReportData:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a compressed ``.npz`` atomically (float maps as float16, labels as uint8)."""
         arrays: dict[str, np.ndarray] = {"slice_iou": np.asarray(self.slice_iou, dtype=np.float64)}
+        if len(self.slice_entropy):
+            arrays["slice_entropy"] = np.asarray(self.slice_entropy, dtype=np.float64)
         arrays.update({f"calibration.{k}": np.asarray(v, dtype=np.float64) for k, v in self.calibration.items()})
         arrays["examples.names"] = np.array([ex["name"] for ex in self.examples], dtype=str)
         for i, ex in enumerate(self.examples):
             arrays[f"examples.{i}.index"] = np.asarray(ex["index"])
-            arrays[f"examples.{i}.iou"] = np.asarray(ex["iou"], dtype=np.float64)
+            for score in ("iou", "entropy"):
+                if score in ex:
+                    arrays[f"examples.{i}.{score}"] = np.asarray(ex[score], dtype=np.float64)
             arrays[f"examples.{i}.image"] = np.asarray(ex["image"], dtype=np.float16)
-            arrays[f"examples.{i}.label"] = np.asarray(ex["label"]).astype(np.uint8)
+            if "label" in ex:
+                arrays[f"examples.{i}.label"] = np.asarray(ex["label"]).astype(np.uint8)
             arrays[f"examples.{i}.prob"] = np.asarray(ex["prob"], dtype=np.float16)
         for section in _SECTIONS:
             for key, value in getattr(self, section).items():
@@ -92,11 +101,13 @@ class ReportData:
             raise DataError(f"{path} is not a report-data file (.npz written by the run report): {e}") from None
         if "slice_iou" not in arrays:
             raise DataError(f"{path} is not a report-data file: it has no 'slice_iou' array.")
-        data = cls(slice_iou=arrays["slice_iou"])
+        data = cls(slice_iou=arrays["slice_iou"], slice_entropy=arrays.get("slice_entropy", np.zeros(0)))
         data.calibration = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("calibration.")}
         for i, name in enumerate(arrays.get("examples.names", [])):
             ex = {"name": str(name)}
-            for key in ("index", "iou", "image", "label", "prob"):
+            for key in ("index", "iou", "entropy", "image", "label", "prob"):
+                if f"examples.{i}.{key}" not in arrays:
+                    continue
                 value = arrays[f"examples.{i}.{key}"]
                 ex[key] = value.item() if value.ndim == 0 else value.astype(np.float32)
             data.examples.append(ex)
@@ -108,7 +119,8 @@ class ReportData:
 
 
 class SliceStatistics:
-    """Accumulates, over an evaluation run, each slice's IoU and the calibration bins of the whole stack.
+    """Accumulates, over an evaluation run, each slice's IoU and the calibration bins of the whole stack, or, for
+    slices without labels, each slice's mean prediction entropy (nats).
 
     Args:
         num_bins: calibration bins (15, as the ECE the metrics report).
@@ -122,11 +134,21 @@ class SliceStatistics:
 
     def reset(self) -> None:
         self.iou: list[float] = []
+        self.entropy: list[float] = []
         self.bins = None
 
-    def update(self, prob: torch.Tensor, label: torch.Tensor) -> None:
-        """Add a batch of whole slices: ``prob`` (B, 1, H, W) foreground probabilities, ``label`` (B, 1, H, W) binary."""
-        prob, label = torch.as_tensor(prob).detach().float(), torch.as_tensor(label).detach()
+    def update(self, prob: torch.Tensor, label: torch.Tensor | None) -> None:
+        """Add a batch of whole slices: ``prob`` (B, 1, H, W) foreground probabilities, ``label`` (B, 1, H, W) binary,
+        or None for slices without labels (their entropy is recorded instead; a run mixes neither)."""
+        prob = torch.as_tensor(prob).detach().float()
+        if label is None:
+            if self.iou:
+                raise ValueError("slices without labels after labelled ones: one evaluation is labelled or not.")
+            self.entropy.extend(float(e) for e in binary_entropy(prob).flatten(1).mean(dim=1))
+            return
+        if self.entropy:
+            raise ValueError("labelled slices after slices without labels: one evaluation is labelled or not.")
+        label = torch.as_tensor(label).detach()
         if prob.dim() != 4 or prob.shape != label.shape:
             raise ValueError(f"expected prob and label of the same shape (B, 1, H, W), got {tuple(prob.shape)} and {tuple(label.shape)}.")
         for b in range(prob.shape[0]):
@@ -141,14 +163,20 @@ class SliceStatistics:
         return {k: getattr(self.bins, k).cpu().numpy() for k in ("count", "correct", "confidence")}
 
 
-def pick_examples(iou: Sequence[float]) -> list[tuple[str, int]]:
-    """``[("best", i), ("median", j), ("worst", k)]``: slices of highest, median and lowest IoU (distinct when possible)."""
+def pick_examples(iou: Sequence[float], names: Sequence[str] = ("best", "median", "worst")) -> list[tuple[str, int]]:
+    """``[("best", i), ("median", j), ("worst", k)]``: slices of highest, median and lowest IoU (distinct when possible).
+
+    Any score where higher is better works (e.g. minus the entropy, with ``names`` such as ``("most confident",
+    "median", "least confident")``).
+    """
+    if len(names) != 3:
+        raise ValueError(f"names must name the highest, median and lowest slice, got {names!r}.")
     iou = np.asarray(iou, dtype=np.float64)
     if iou.size == 0:
         return []
     order = np.argsort(-iou, kind="stable")
     picks, seen = [], set()
-    for name, position in (("best", 0), ("median", len(order) // 2), ("worst", len(order) - 1)):
+    for name, position in zip(names, (0, len(order) // 2, len(order) - 1)):
         index = int(order[position])
         if index not in seen:
             picks.append((name, index))
