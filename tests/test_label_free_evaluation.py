@@ -212,6 +212,8 @@ def source_model(tmp_path) -> Path:
 
     path = tmp_path / "source_model.pt"
     torch.save(MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(4, 8, 16, 32)).state_dict(), path)
+    # its card: the class prior a source-free run reads with --pseudo_label_prior source (the README's command)
+    path.with_suffix(".json").write_text(json.dumps({"source_foreground_fraction": 0.05}))
     return path
 
 
@@ -231,7 +233,7 @@ def test_bundle_source_free_run_without_any_label(tmp_path, source_model, monkey
     monkeypatch.setattr(splits, "open_split", spy)
     no_source = tmp_path / "no_such_source"
     _run(tmp_path / "run", source_free=True, method="baseline", teacher="ema", bn_adaptation_batches=2,
-         init_checkpoint=str(source_model), source_dir=str(no_source), target_layout="folder",
+         pseudo_label_prior="source", init_checkpoint=str(source_model), source_dir=str(no_source), target_layout="folder",
          target_dir=str(volume), target_train_split="all", target_eval_split="none",
          selection=True, selection_slice_step=2, report=True)
     assert opened and all(with_label is False for _, with_label in opened)
