@@ -183,6 +183,28 @@ def test_evaluation_dataset_without_labels_and_the_error_for_a_split_without_lab
         evaluation_dataset("folder", root, "none", "all", slice_step=0)
 
 
+
+@pytest.mark.parametrize("bundle", ["r4mito", "dualrel"])
+def test_evaluate_config_names_a_split_without_labels(tmp_path, bundle):
+    """evaluate.json scores against labels: on a volume without any, one clear error, not a KeyError from a transform."""
+    from monai.bundle import ConfigParser
+
+    from mito_monai.runtime import user_error_message
+
+    root = _volume_without_labels(tmp_path / "my_volume")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "evaluate.json"))
+    parser["dataset"]["layout"], parser["dataset"]["root"], parser["eval_split"] = "folder", str(root), "all"
+    with pytest.raises(Exception) as error:
+        parser.get_parsed_content("dataset")
+    cause = error.value
+    while cause is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__ or cause.__context__
+    assert isinstance(cause, DataError)
+    message = user_error_message(cause)
+    assert str(root) in message and "has no labels" in message and "inference.json" in message
+    assert "--target_eval_split" not in message
+
 TINY = {
     "channels": [4, 8, 16, 32], "crop_size": [32, 32], "batch_size": 2, "epoch_length": 2, "num_iterations": 4,
     "val_interval": 1, "log_interval": 1, "infer_roi": [64, 64], "amp": False,

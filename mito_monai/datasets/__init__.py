@@ -8,7 +8,13 @@ from mito_monai.datasets.demo import DEMO_LAYOUTS, default_demo_root, ensure_dem
 from mito_monai.datasets.download import DatasetSource, RemoteFile, download_file, extract_archive, verify_file
 from mito_monai.datasets.layout import DatasetLayout, SplitFiles
 from mito_monai.datasets.class_balance import foreground_prior, label_foreground_fraction
-from mito_monai.datasets.evaluation import evaluation_dataset, evaluation_split_name, evaluation_keys, is_label_free
+from mito_monai.datasets.evaluation import (
+    evaluation_dataset,
+    evaluation_keys,
+    evaluation_split_name,
+    is_label_free,
+    labelled_slice_dataset,
+)
 from mito_monai.datasets.partitions import (
     PARTITIONS,
     SAMPLINGS,
@@ -44,6 +50,7 @@ __all__ = [
     "evaluation_dataset",
     "evaluation_split_name",
     "evaluation_keys",
+    "labelled_slice_dataset",
     "is_label_free",
     "foreground_prior",
     "label_foreground_fraction",

@@ -15,7 +15,7 @@ from typing import Any
 from mito_monai.datasets.registry import get_layout, split_files
 from mito_monai.io.errors import DataError
 
-__all__ = ["evaluation_dataset", "evaluation_split_name", "evaluation_keys", "is_label_free"]
+__all__ = ["evaluation_dataset", "evaluation_split_name", "evaluation_keys", "is_label_free", "labelled_slice_dataset"]
 
 _NONE = ("none", "null", "")
 
@@ -95,12 +95,37 @@ def evaluation_dataset(
 
         dataset = EMSliceDataset(layout=layout, root=root, split=unlabelled_split, with_label=False, transform=transform)
         return torch.utils.data.Subset(dataset, range(0, len(dataset), step))
+    return labelled_slice_dataset(
+        layout,
+        root,
+        str(split),
+        transform=transform,
+        hint="To adapt to a volume without labels, pass --target_eval_split none: the run then scores its model "
+        "with label-free scores on the unlabelled training slices.",
+    )
+
+
+def labelled_slice_dataset(
+    layout: str,
+    root: str | os.PathLike,
+    split: str,
+    transform: Sequence[Callable] | Callable | None = None,
+    hint: str = "Scoring a model needs labels: to segment a volume without labels, run the bundle's inference.json.",
+) -> Any:
+    """The slices of ``split`` with their labels (an :class:`~mito_monai.datasets.EMSliceDataset`, items
+    ``{"image": (1, Y, X), "label": (1, Y, X)}``), for scoring a model against them.
+
+    Raises:
+        DataError: ``split`` has no labels, naming the folder, the labels the layout expects and ``hint``; or the
+            data cannot be found or read.
+    """
+    from mito_monai.datasets.slices import EMSliceDataset
+
     files = split_files(layout, root, split)
     if files.label is None:
         where = Path(root) if split == "all" else Path(root) / str(split)
         raise DataError(
             f"{where}: the evaluation split {split!r} has no labels (layout {layout} expects "
-            f"{get_layout(layout).expected}). To adapt to a volume without labels, pass --target_eval_split none: "
-            "the run then scores its model with label-free scores on the unlabelled training slices."
+            f"{get_layout(layout).expected}). {hint}"
         )
     return EMSliceDataset(layout=layout, root=root, split=split, transform=transform)
