@@ -101,3 +101,12 @@ class ToySlices(torch.utils.data.Dataset):
             return {"image": x, "label": (x > 0.5).to(self.label_dtype)}
         views = {"image_weak": x, "image_strong": self.strong(x, self.noise[i])}
         return {**views, "image": x} if self.with_image else views
+
+
+def exception_messages(exc: BaseException | None) -> str:
+    """The messages of an exception and of its causes (MONAI wraps errors raised inside config expressions)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return " | ".join(out)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from mito_monai.datasets import evaluation_dataset, evaluation_keys, evaluation_split_name, is_label_free
+from conftest import exception_messages
 from mito_monai.io.errors import DataError
 from mito_monai.metrics import LabelFreeMetrics, evaluation_key_metric, probability_output
 from mito_monai.metrics import SegmentationMetrics
@@ -220,14 +221,6 @@ def _run(tmp: Path, **overrides) -> None:
         logging_file=False, **{**args, **overrides})
 
 
-def _messages(exc: BaseException | None) -> str:
-    out = []
-    while exc is not None:
-        out.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return " | ".join(out)
-
-
 @pytest.fixture
 def source_model(tmp_path) -> Path:
     from mito_monai.networks.nets import MitoUNet
@@ -293,7 +286,7 @@ def test_bundle_named_eval_split_without_labels_is_a_clear_error(tmp_path, sourc
         _run(tmp_path / "run", source_free=True, method="baseline", init_checkpoint=str(source_model),
              target_layout="folder", target_dir=str(volume), target_train_split="all", target_eval_split="all",
              selection=False, report=False)
-    message = _messages(error.value)
+    message = exception_messages(error.value)
     assert f"{volume}: the evaluation split 'all' has no labels" in message
     assert "--target_eval_split none" in message
     assert not (tmp_path / "run" / "models" / "model.pt").exists()

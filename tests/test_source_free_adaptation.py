@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from conftest import ToySlices, tiny_unet
+from conftest import ToySlices, exception_messages, tiny_unet
 from mito_monai.engines import DomainAdaptationTrainer, LossTerm
 from mito_monai.losses import FeatureConsistencyLoss, PrototypePseudoLabelLoss, PseudoLabelConsistencyLoss
 from mito_monai.networks.nets import MitoUNet
@@ -194,20 +194,11 @@ def test_bundle_source_free_run_reads_no_source_and_needs_a_source_model(tmp_pat
     with pytest.raises(Exception) as no_model:
         _train(tmp_path / "run2", demo, source_dir=str(no_source), source_free=True, method="baseline",
                init_checkpoint="none")
-    assert "source-free adaptation starts from a source model" in _messages(no_model.value)
+    assert "source-free adaptation starts from a source model" in exception_messages(no_model.value)
     with pytest.raises(Exception) as source_term:
         _train(tmp_path / "run3", demo, source_dir=str(no_source), source_free=True, method="r4mito",
                init_checkpoint=str(source_model))
-    assert "['pro'] read source data" in _messages(source_term.value)
-
-
-def _messages(exc: BaseException | None) -> str:
-    """The messages of an exception and of its causes (MONAI wraps errors raised inside config expressions)."""
-    out = []
-    while exc is not None:
-        out.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return " | ".join(out)
+    assert "['pro'] read source data" in exception_messages(source_term.value)
 
 
 def test_shipped_source_model_loads_weights_only_into_the_inference_network():
