@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "choose_setting", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
+__all__ = ["main", "choose_default", "choose_setting", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
 
 
 def _print_json(obj: Any) -> None:
@@ -276,23 +276,62 @@ def choose_setting(
     from mito_monai.setting_choice import choose_setting as _choose
     from mito_monai.setting_choice import find_final_metrics, label_free_scores, resolve_source_fraction
 
-    if not candidates:
-        raise ValueError("give at least one candidate as NAME=RUNS, e.g. recommended=runs/A/s2_recommended.")
-    runs = {}
-    for item in candidates:
-        name, sep, pattern = str(item).partition("=")
-        if not sep or not name or not pattern:
-            raise ValueError(f"candidate {item!r}: expected NAME=RUNS (a run folder, a folder of runs or a glob).")
-        if name in runs:
-            raise ValueError(f"candidate name {name!r} is given twice.")
-        runs[name] = [label_free_scores(f, hindsight=hindsight) for f in find_final_metrics(pattern)]
+    named = _named_values(candidates, "candidate", "NAME=RUNS (a run folder, a folder of runs or a glob)", "recommended=runs/A/s2_recommended")
+    runs = {name: [label_free_scores(f, hindsight=hindsight) for f in find_final_metrics(pattern)] for name, pattern in named.items()}
     result = _choose(runs, resolve_source_fraction(source_fraction), band=band)
-    if output:
-        path = Path(output)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists: give --overwrite true to replace it.")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+    _write_output(result, output, overwrite)
+    _print_json(result)
+
+
+def _named_values(items: tuple, what: str, form: str, example: str) -> dict[str, str]:
+    """``{NAME: VALUE}`` of command-line ``NAME=VALUE`` items, with a clear error for a missing ``=`` or a repeated name."""
+    if not items:
+        raise ValueError(f"give at least one {what} as {form}, e.g. {example}.")
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, value = str(item).partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{what} {item!r}: expected {form}.")
+        if name in named:
+            raise ValueError(f"{what} name {name!r} is given twice.")
+        named[name] = value
+    return named
+
+
+def _write_output(result: dict, output: str | None, overwrite: bool) -> None:
+    """Write ``result`` as JSON to ``output`` (if given), keeping an existing file unless ``overwrite``."""
+    if not output:
+        return
+    path = Path(output)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: give --overwrite true to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def choose_default(
+    *pairs: str,
+    output: str | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Choose one default setting for several domain pairs by the label-free rule; print the choice as JSON.
+
+    Each PAIR is NAME=FILE: FILE is what ``choose-setting --output`` wrote for that pair (the same candidates
+    on every pair), e.g. ``A=runs/A/choice.json B=runs/B/choice.json``. The default is the candidate that is
+    plausible on every pair with the highest agreement averaged over the pairs; no label is read (a pair's
+    hindsight IoU, if its file has one, is only reported). --output also writes the JSON (kept unless
+    --overwrite true).
+    """
+    from mito_monai.setting_choice import choose_default as _choose_default
+
+    results = {}
+    for name, file in _named_values(pairs, "pair", "NAME=FILE, FILE written by choose-setting --output", "A=runs/A/choice.json").items():
+        try:
+            results[name] = json.loads(Path(file).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{file}: expected the JSON that choose-setting --output writes ({type(e).__name__}: {e}).") from None
+    result = _choose_default(results)
+    _write_output(result, output, overwrite)
     _print_json(result)
 
 
@@ -337,6 +376,7 @@ def report(
 
 COMMANDS = {
     "choose-setting": choose_setting,
+    "choose-default": choose_default,
     "compare": compare,
     "dataset-info": dataset_info,
     "evaluate": evaluate,

@@ -17,6 +17,11 @@ settings are chosen without target labels"):
 With several seeds the rule runs on the mean scores over the seeds (the choice) and on each seed alone
 (reported, to show how stable the choice is). The labelled metrics in the same files are read only with
 ``hindsight=True``, for the report (the best candidate in hindsight); they never influence the choice.
+
+A bundle *default* must hold on more than one domain pair, so :func:`choose_default` applies the same rule
+across development pairs: among the candidates that are plausible on every pair, the highest agreement
+averaged over the pairs (each pair's mean over its seeds) wins. It reads the per-pair results of
+:func:`choose_setting`, so the default, too, is chosen without any target label.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["choose_setting", "find_final_metrics", "label_free_scores", "resolve_source_fraction"]
+__all__ = ["choose_default", "choose_setting", "find_final_metrics", "label_free_scores", "resolve_source_fraction"]
 
 #: the label-free scores the rule reads, from the last check of the selection handler
 SCORES = ("agreement", "foreground_fraction")
@@ -168,4 +173,57 @@ def choose_setting(
     }
     if all("IoU" in t for t in table.values()):
         out["best_in_hindsight"] = max(table, key=lambda n: table[n]["IoU"])
+    return out
+
+
+def choose_default(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Apply the rule across domain pairs to choose one default setting.
+
+    Args:
+        pairs: pair name -> the result of :func:`choose_setting` on that pair (its ``candidates`` table, with
+            each candidate's mean ``agreement`` and ``plausible`` flag). Every pair must score the same candidates.
+
+    Returns:
+        ``{"choice": name or None, "candidates": {name: {"agreement" (mean over pairs), "plausible_on_every_pair",
+        "per_pair": {pair: agreement}, ["IoU": {pair: IoU}]}}, "per_pair_choice": {pair: name or None},
+        ["best_in_hindsight": name]}``. A candidate implausible on any pair (a collapse or an over-segmentation
+        there) is never the default. ``"IoU"`` and ``"best_in_hindsight"`` (highest IoU averaged over the pairs)
+        appear only when every pair's table carries its hindsight IoU: report only, the choice never reads it.
+
+    Raises:
+        ValueError: for no pair, a pair without candidates, or pairs that score different candidate sets.
+    """
+    if not pairs:
+        raise ValueError("choose_default needs the results of at least one pair.")
+    names = None
+    for pair, result in pairs.items():
+        table = result.get("candidates") if isinstance(result, Mapping) else None
+        if not table:
+            raise ValueError(f"pair {pair!r}: expected a choose_setting result with a 'candidates' table.")
+        if names is None:
+            names = list(table)
+        elif set(table) != set(names):
+            raise ValueError(
+                f"pair {pair!r} scores the candidates {sorted(table)}, another pair {sorted(names)}: "
+                "a default is chosen among the same candidates on every pair."
+            )
+    table: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rows = {pair: result["candidates"][name] for pair, result in pairs.items()}
+        entry: dict[str, Any] = {
+            "agreement": sum(float(r["agreement"]) for r in rows.values()) / len(rows),
+            "plausible_on_every_pair": all(bool(r["plausible"]) for r in rows.values()),
+            "per_pair": {pair: float(r["agreement"]) for pair, r in rows.items()},
+        }
+        if all("IoU" in r for r in rows.values()):
+            entry["IoU"] = {pair: float(r["IoU"]) for pair, r in rows.items()}
+        table[name] = entry
+    ranked = sorted((t["agreement"], name) for name, t in table.items() if t["plausible_on_every_pair"])
+    out: dict[str, Any] = {
+        "choice": ranked[-1][1] if ranked else None,
+        "candidates": table,
+        "per_pair_choice": {pair: result.get("choice") for pair, result in pairs.items()},
+    }
+    if all("IoU" in t for t in table.values()):
+        out["best_in_hindsight"] = max(table, key=lambda n: sum(table[n]["IoU"].values()) / len(pairs))
     return out

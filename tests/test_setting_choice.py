@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mito_monai.cli import main
-from mito_monai.setting_choice import choose_setting, find_final_metrics, label_free_scores, resolve_source_fraction
+from mito_monai.setting_choice import choose_default, choose_setting, find_final_metrics, label_free_scores, resolve_source_fraction
 
 
 def _write_run(root, name, seed, agreement, fg, iou):
@@ -100,3 +100,52 @@ def test_cli_prints_and_writes_the_choice(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["choose-setting", "no_equals_sign", "--source_fraction", "0.05"])
     assert "NAME=RUNS" in capsys.readouterr().err
+
+
+def _pair(q, **scores):
+    return choose_setting({n: [{"seed": 0, "agreement": ag, "foreground_fraction": fg, "IoU": iou}] for n, (ag, fg, iou) in scores.items()}, q)
+
+
+def test_default_is_plausible_on_every_pair_with_the_highest_mean_agreement():
+    # pair A picks "x" (0.90 > 0.88), pair B picks "y" (0.89 > 0.84): averaged, y 0.885 > x 0.87;
+    # "z" has the best mean agreement (0.93) but over-segments pair B (fg 0.20 > 2 * 0.07)
+    a = _pair(0.05, x=(0.90, 0.05, 0.6), y=(0.88, 0.05, 0.5), z=(0.92, 0.06, 0.7))
+    b = _pair(0.07, x=(0.84, 0.07, 0.5), y=(0.89, 0.07, 0.4), z=(0.94, 0.20, 0.3))
+    assert (a["choice"], b["choice"]) == ("z", "y")
+    out = choose_default({"A": a, "B": b})
+    assert out["candidates"]["x"]["agreement"] == pytest.approx(0.87)
+    assert out["candidates"]["y"]["per_pair"] == {"A": pytest.approx(0.88), "B": pytest.approx(0.89)}
+    assert out["candidates"]["z"]["plausible_on_every_pair"] is False
+    assert out["choice"] == "y"
+    assert out["per_pair_choice"] == {"A": "z", "B": "y"}
+    # hindsight: mean IoU x 0.55, y 0.45, z 0.50 -> x; it is reported and did not change the choice
+    assert out["best_in_hindsight"] == "x"
+    assert choose_default({"A": a})["choice"] == "z"
+
+
+def test_default_rejects_mismatched_or_empty_pairs():
+    a = _pair(0.05, x=(0.9, 0.05, 0.5))
+    b = _pair(0.05, y=(0.9, 0.05, 0.5))
+    with pytest.raises(ValueError, match="same candidates"):
+        choose_default({"A": a, "B": b})
+    with pytest.raises(ValueError, match="at least one"):
+        choose_default({})
+    with pytest.raises(ValueError, match="'B'.*candidates"):
+        choose_default({"A": a, "B": {}})
+
+
+def test_cli_chooses_the_default_from_the_pairs_files(tmp_path, capsys):
+    files = []
+    for pair, (ag_x, ag_y) in {"A": (0.90, 0.88), "B": (0.84, 0.89)}.items():
+        for name, ag in (("x", ag_x), ("y", ag_y)):
+            _write_run(tmp_path / pair, name, 0, ag, 0.05, 0.5)
+        path = tmp_path / f"{pair}.json"
+        main(["choose-setting", f"x={tmp_path / pair}/x", f"y={tmp_path / pair}/y", "--source_fraction", "0.05", "--output", str(path)])
+        files.append(f"{pair}={path}")
+    capsys.readouterr()
+    main(["choose-default", *files, "--output", str(tmp_path / "default.json")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["choice"] == "y" and printed == json.loads((tmp_path / "default.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["choose-default", f"A={tmp_path / 'missing.json'}"])
+    assert "missing.json" in capsys.readouterr().err
