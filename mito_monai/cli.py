@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "choose_default", "choose_setting", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
+__all__ = ["main", "choose_default", "choose_setting", "shape_scores", "compare", "dataset_info", "evaluate", "instances", "measure", "download", "make_demo", "report"]
 
 
 def _print_json(obj: Any) -> None:
@@ -260,6 +260,7 @@ def choose_setting(
     source_fraction: str | float,
     band: float = 2.0,
     hindsight: bool = False,
+    criterion: str = "agreement",
     output: str | None = None,
     overwrite: bool = False,
 ) -> None:
@@ -271,14 +272,20 @@ def choose_setting(
     whose mean foreground fraction lies within a factor --band of --source_fraction q (a number, or a source
     model's JSON card), and picks the highest mean agreement; it also reports the pick of each seed alone.
     --hindsight true adds each candidate's mean test IoU and the best in hindsight, for the report only (the
-    choice never reads a label). --output also writes the JSON (kept unless --overwrite true).
+    choice never reads a label). --criterion solidity_distance ranks the plausible candidates by the shape prior
+    instead (lowest wins; each run needs its shape scores, see ``shape-scores``). --output also writes the JSON
+    (kept unless --overwrite true).
     """
     from mito_monai.setting_choice import choose_setting as _choose
     from mito_monai.setting_choice import find_final_metrics, label_free_scores, resolve_source_fraction
 
     named = _named_values(candidates, "candidate", "NAME=RUNS (a run folder, a folder of runs or a glob)", "recommended=runs/A/s2_recommended")
-    runs = {name: [label_free_scores(f, hindsight=hindsight) for f in find_final_metrics(pattern)] for name, pattern in named.items()}
-    result = _choose(runs, resolve_source_fraction(source_fraction), band=band)
+    shapes = criterion == "solidity_distance"
+    runs = {
+        name: [label_free_scores(f, hindsight=hindsight, shapes=shapes) for f in find_final_metrics(pattern)]
+        for name, pattern in named.items()
+    }
+    result = _choose(runs, resolve_source_fraction(source_fraction), band=band, criterion=criterion)
     _write_output(result, output, overwrite)
     _print_json(result)
 
@@ -307,6 +314,34 @@ def _write_output(result: dict, output: str | None, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists: give --overwrite true to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def shape_scores(
+    *runs: str,
+    target: str,
+    source: str,
+    channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
+    every: int = 2,
+    min_area: int = 16,
+    overwrite: bool = False,
+) -> None:
+    """Score finished runs by the source labels' shape prior; write eval/shape_scores.json in each; print JSON.
+
+    RUNS: run folders, folders of runs or globs (as for choose-setting). Each run's final model predicts every
+    --every-th slice of the unlabelled --target LAYOUT:DIR:SPLIT (no label read); the solidity of the 2D objects
+    it predicts is compared with that of the --source LAYOUT:DIR:SPLIT labels' objects (1-Wasserstein distance,
+    ``solidity_distance``, lower = closer; ``log_area_distance`` reported beside it). choose-setting --criterion
+    solidity_distance then ranks candidates by it. Existing scores are kept unless --overwrite true.
+    """
+    from mito_monai.setting_choice import shape_scores as _shape_scores
+
+    if not runs:
+        raise ValueError("give at least one run folder (or a folder of runs, or a glob).")
+    if isinstance(channels, (int, str)):
+        channels = [channels]
+    records = _shape_scores(runs, target=target, source=source, channels=[int(c) for c in channels], every=every,
+                            min_area=min_area, overwrite=overwrite)
+    _print_json(records)
 
 
 def choose_default(
@@ -377,6 +412,7 @@ def report(
 COMMANDS = {
     "choose-setting": choose_setting,
     "choose-default": choose_default,
+    "shape-scores": shape_scores,
     "compare": compare,
     "dataset-info": dataset_info,
     "evaluate": evaluate,

@@ -12,7 +12,10 @@ settings are chosen without target labels"):
 3. a candidate is *plausible* when its foreground fraction lies within a factor ``band`` of the source
    labels' foreground fraction ``q`` (``q / band`` to ``q * band``), which rejects both a collapse to
    background and an over-segmentation;
-4. among the plausible candidates the highest agreement wins.
+4. among the plausible candidates the highest agreement wins (``criterion="agreement"``, the rule); or, with
+   ``criterion="solidity"`` (an alternative, measured beside the rule), the lowest ``solidity_distance``: the
+   1-Wasserstein distance between the solidity of the 2D objects the final model predicts on the target and
+   that of the source labels' objects (:func:`shape_scores`, :mod:`mito_monai.metrics.shape_prior`).
 
 With several seeds the rule runs on the mean scores over the seeds (the choice) and on each seed alone
 (reported, to show how stable the choice is). The labelled metrics in the same files are read only with
@@ -34,10 +37,23 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["choose_default", "choose_setting", "find_final_metrics", "label_free_scores", "resolve_source_fraction"]
+__all__ = [
+    "CRITERIA",
+    "SHAPE_SCORES_FILE",
+    "choose_default",
+    "choose_setting",
+    "find_final_metrics",
+    "label_free_scores",
+    "resolve_source_fraction",
+    "shape_scores",
+]
 
 #: the label-free scores the rule reads, from the last check of the selection handler
 SCORES = ("agreement", "foreground_fraction")
+#: criterion -> whether larger values are better
+CRITERIA = {"agreement": True, "solidity_distance": False}
+#: written by :func:`shape_scores` beside a run's ``final_metrics.json``
+SHAPE_SCORES_FILE = "shape_scores.json"
 
 
 def find_final_metrics(pattern: str | os.PathLike) -> list[Path]:
@@ -65,12 +81,14 @@ def find_final_metrics(pattern: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def label_free_scores(path: str | os.PathLike, hindsight: bool = False) -> dict[str, Any]:
+def label_free_scores(path: str | os.PathLike, hindsight: bool = False, shapes: bool = False) -> dict[str, Any]:
     """``{"seed", "iteration", "agreement", "foreground_fraction"}`` of one run's final model (plus ``"IoU"``,
-    its labelled test score, only with ``hindsight``).
+    its labelled test score, only with ``hindsight``; plus ``"solidity_distance"`` from the
+    :data:`SHAPE_SCORES_FILE` beside ``path``, only with ``shapes``).
 
     Raises:
-        ValueError: naming the file when it holds no label-free history (the run had ``selection`` off).
+        ValueError: naming the file when it holds no label-free history (the run had ``selection`` off), or,
+            with ``shapes``, when the run has no shape scores yet.
     """
     path = Path(path)
     try:
@@ -83,6 +101,15 @@ def label_free_scores(path: str | os.PathLike, hindsight: bool = False) -> dict[
             f"(run the training with --selection true) ({type(e).__name__}: {e})."
         ) from None
     out: dict[str, Any] = {"run": str(path), "seed": record.get("seed"), "iteration": last.get("iteration"), **scores}
+    if shapes:
+        shape_file = path.parent / SHAPE_SCORES_FILE
+        try:
+            out["solidity_distance"] = float(json.loads(shape_file.read_text())["solidity_distance"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{shape_file}: expected the shape scores of this run (python -m mito_monai shape-scores) "
+                f"({type(e).__name__}: {e})."
+            ) from None
     if hindsight:
         out["IoU"] = float(record.get("metrics", {}).get("IoU", math.nan))
     return out
@@ -113,16 +140,30 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _pick(scores: Mapping[str, Mapping[str, float]], q: float, band: float) -> tuple[str | None, dict[str, bool]]:
+def _check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}.")
+
+
+def _best(values: Mapping[str, float], criterion: str) -> str | None:
+    """The name with the best value of ``criterion`` (largest or smallest), None for no name."""
+    sign = 1.0 if CRITERIA[criterion] else -1.0
+    ranked = sorted((sign * float(v), name) for name, v in values.items())
+    return ranked[-1][1] if ranked else None
+
+
+def _pick(
+    scores: Mapping[str, Mapping[str, float]], q: float, band: float, criterion: str = "agreement"
+) -> tuple[str | None, dict[str, bool]]:
     plausible = {name: q / band <= s["foreground_fraction"] <= q * band for name, s in scores.items()}
-    ranked = sorted((s["agreement"], name) for name, s in scores.items() if plausible[name])
-    return (ranked[-1][1] if ranked else None), plausible
+    return _best({name: s[criterion] for name, s in scores.items() if plausible[name]}, criterion), plausible
 
 
 def choose_setting(
     candidates: Mapping[str, Sequence[Mapping[str, Any]]],
     source_fraction: float,
     band: float = 2.0,
+    criterion: str = "agreement",
 ) -> dict[str, Any]:
     """Apply the rule to candidates' runs.
 
@@ -130,10 +171,12 @@ def choose_setting(
         candidates: setting name -> its runs' scores (:func:`label_free_scores`; one per seed).
         source_fraction: ``q``, the source labels' foreground fraction, in (0, 1).
         band: the plausible foreground fractions are ``q / band`` to ``q * band``; > 1.
+        criterion: ``"agreement"`` (the rule: highest wins) or ``"solidity_distance"`` (lowest wins; each
+            run's scores must carry it, :func:`label_free_scores` with ``shapes=True``).
 
     Returns:
-        ``{"choice": name or None, "plausible_band": [lo, hi], "candidates": {name: {"agreement",
-        "foreground_fraction", "plausible", "seeds", "runs", ["IoU"]}}, "per_seed": {seed: name or None},
+        ``{"choice": name or None, "criterion", "plausible_band": [lo, hi], "candidates": {name: {"agreement",
+        "foreground_fraction", ["solidity_distance"], "plausible", "seeds", "runs", ["IoU"]}}, "per_seed": {seed: name or None},
         ["best_in_hindsight": name]}``; means over each candidate's runs. ``"IoU"`` and
         ``"best_in_hindsight"`` appear only when every run carries its labelled score (report only).
 
@@ -146,26 +189,32 @@ def choose_setting(
         raise ValueError(f"source_fraction must be in (0, 1), got {source_fraction}.")
     if not float(band) > 1.0:
         raise ValueError(f"band must be > 1, got {band}.")
+    _check_criterion(criterion)
     q, band = float(source_fraction), float(band)
+    keys = SCORES + ((criterion,) if criterion not in SCORES else ())
     means: dict[str, dict[str, float]] = {}
     table: dict[str, dict[str, Any]] = {}
     for name, runs in candidates.items():
         if not runs:
             raise ValueError(f"candidate {name!r} has no runs.")
-        means[name] = {k: sum(float(r[k]) for r in runs) / len(runs) for k in SCORES}
+        missing = [r.get("run", "?") for r in runs if criterion not in r]
+        if missing:
+            raise ValueError(f"candidate {name!r}: no {criterion} for {missing[:3]} (see label_free_scores).")
+        means[name] = {k: sum(float(r[k]) for r in runs) / len(runs) for k in keys}
         table[name] = {**means[name], "seeds": [r.get("seed") for r in runs], "runs": [r.get("run") for r in runs]}
         if all("IoU" in r for r in runs):
             table[name]["IoU"] = sum(float(r["IoU"]) for r in runs) / len(runs)
-    choice, plausible = _pick(means, q, band)
+    choice, plausible = _pick(means, q, band, criterion)
     for name in table:
         table[name]["plausible"] = plausible[name]
     seeds = sorted({r.get("seed") for runs in candidates.values() for r in runs}, key=str)
     per_seed = {}
     for seed in seeds:
         scores = {n: next(r for r in runs if r.get("seed") == seed) for n, runs in candidates.items() if any(r.get("seed") == seed for r in runs)}
-        per_seed[str(seed)] = _pick(scores, q, band)[0]
+        per_seed[str(seed)] = _pick(scores, q, band, criterion)[0]
     out: dict[str, Any] = {
         "choice": choice,
+        "criterion": criterion,
         "source_fraction": q,
         "plausible_band": [q / band, q * band],
         "candidates": table,
@@ -183,8 +232,10 @@ def choose_default(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         pairs: pair name -> the result of :func:`choose_setting` on that pair (its ``candidates`` table, with
             each candidate's mean ``agreement`` and ``plausible`` flag). Every pair must score the same candidates.
 
+    The criterion is the one the pairs' results were chosen by (``"agreement"`` unless they say otherwise).
+
     Returns:
-        ``{"choice": name or None, "candidates": {name: {"agreement" (mean over pairs), "plausible_on_every_pair",
+        ``{"choice": name or None, "criterion", "candidates": {name: {criterion (mean over pairs), "plausible_on_every_pair",
         "per_pair": {pair: agreement}, ["IoU": {pair: IoU}]}}, "per_pair_choice": {pair: name or None},
         ["best_in_hindsight": name]}``. A candidate implausible on any pair (a collapse or an over-segmentation
         there) is never the default. ``"IoU"`` and ``"best_in_hindsight"`` (highest IoU averaged over the pairs)
@@ -195,6 +246,11 @@ def choose_default(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """
     if not pairs:
         raise ValueError("choose_default needs the results of at least one pair.")
+    criteria = {result.get("criterion", "agreement") if isinstance(result, Mapping) else None for result in pairs.values()}
+    if len(criteria) != 1:
+        raise ValueError(f"the pairs were chosen by different criteria {sorted(map(str, criteria))}: use one for all.")
+    criterion = criteria.pop()
+    _check_criterion(criterion)
     names = None
     for pair, result in pairs.items():
         table = result.get("candidates") if isinstance(result, Mapping) else None
@@ -211,19 +267,114 @@ def choose_default(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for name in names:
         rows = {pair: result["candidates"][name] for pair, result in pairs.items()}
         entry: dict[str, Any] = {
-            "agreement": sum(float(r["agreement"]) for r in rows.values()) / len(rows),
+            criterion: sum(float(r[criterion]) for r in rows.values()) / len(rows),
             "plausible_on_every_pair": all(bool(r["plausible"]) for r in rows.values()),
-            "per_pair": {pair: float(r["agreement"]) for pair, r in rows.items()},
+            "per_pair": {pair: float(r[criterion]) for pair, r in rows.items()},
         }
         if all("IoU" in r for r in rows.values()):
             entry["IoU"] = {pair: float(r["IoU"]) for pair, r in rows.items()}
         table[name] = entry
-    ranked = sorted((t["agreement"], name) for name, t in table.items() if t["plausible_on_every_pair"])
     out: dict[str, Any] = {
-        "choice": ranked[-1][1] if ranked else None,
+        "choice": _best({name: t[criterion] for name, t in table.items() if t["plausible_on_every_pair"]}, criterion),
+        "criterion": criterion,
         "candidates": table,
         "per_pair_choice": {pair: result.get("choice") for pair, result in pairs.items()},
     }
     if all("IoU" in t for t in table.values()):
         out["best_in_hindsight"] = max(table, key=lambda n: sum(table[n]["IoU"].values()) / len(pairs))
     return out
+
+
+def _stack_spec(spec: str | Sequence[str], what: str) -> tuple[str, str, str]:
+    """``(layout, root, split)`` of ``"LAYOUT:DIR:SPLIT"`` (or a 3-sequence)."""
+    if isinstance(spec, str):
+        layout, sep, rest = spec.partition(":")
+        root, sep2, split = rest.rpartition(":")
+        parts = (layout, root, split) if sep and sep2 else ()
+    else:
+        parts = tuple(str(p) for p in spec)
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{what} {spec!r}: expected LAYOUT:DIR:SPLIT, e.g. lucchi_pp:data/lucchi_pp:train.")
+    return parts  # type: ignore[return-value]
+
+
+def shape_scores(
+    runs: Sequence[str | os.PathLike],
+    target: str | Sequence[str],
+    source: str | Sequence[str],
+    channels: Sequence[int] = (16, 32, 64, 128),
+    every: int = 2,
+    min_area: int = 16,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Score finished runs' final models by the source labels' shape prior; write :data:`SHAPE_SCORES_FILE`.
+
+    Each run's ``models/model.pt`` (a :class:`~mito_monai.networks.MitoUNet` with ``channels``) predicts every
+    ``every``-th slice of the unlabelled ``target`` stack, whole slices in one window (as the evaluation); the
+    2D objects of its masks are compared with those of the ``source`` labels
+    (:func:`~mito_monai.metrics.shape_distance`). No target label is read: the target is opened without labels.
+
+    Args:
+        runs: final_metrics.json files or run folders (see :func:`find_final_metrics`; globs allowed).
+        target: ``LAYOUT:DIR:SPLIT`` of the unlabelled target training stack.
+        source: ``LAYOUT:DIR:SPLIT`` of the labelled source stack (the prior).
+        channels: the runs' network channels.
+        every: slice step on the target (2 = every second slice, as the selection handler scores).
+        min_area: smallest object counted, pixels.
+        overwrite: replace existing shape scores (otherwise a run that has them raises).
+
+    Returns:
+        one record per run: ``{"run", "solidity_distance", "log_area_distance", "foreground_fraction", ...}``.
+
+    Raises:
+        FileNotFoundError: naming a run without ``models/model.pt``; FileExistsError: for existing scores.
+        ValueError: for a bad stack spec or ``every`` < 1.
+    """
+    import numpy as np
+
+    from mito_monai.datasets import load_split
+    from mito_monai.inference import StackSegmenter
+    from mito_monai.metrics import object_shapes, shape_distance
+    from mito_monai.networks import MitoUNet
+
+    if int(every) < 1:
+        raise ValueError(f"every must be >= 1 slice, got {every}.")
+    files = [f for pattern in runs for f in find_final_metrics(pattern)]
+    todo = []
+    for f in files:
+        model, out = f.parent.parent / "models" / "model.pt", f.parent / SHAPE_SCORES_FILE
+        if not model.is_file():
+            raise FileNotFoundError(f"{model} does not exist: expected the final model of the run of {f}.")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists: give --overwrite true to score the run again.")
+        todo.append((model, out))
+    t_layout, t_root, t_split = _stack_spec(target, "target")
+    s_layout, s_root, s_split = _stack_spec(source, "source")
+    _, source_labels = load_split(s_layout, s_root, s_split, with_label=True)
+    if source_labels is None:
+        raise ValueError(f"source {s_root} split {s_split!r} has no labels: the shape prior comes from the source labels.")
+    reference = object_shapes(source_labels, min_area=min_area)
+    images, _ = load_split(t_layout, t_root, t_split, with_label=False)
+    images = images[:: int(every)]
+    records = []
+    for model, out in todo:
+        network = MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=list(channels))
+        segmenter = StackSegmenter(network, roi_size=images.shape[1:], checkpoint=model)
+        masks = np.stack([segmenter.predict_slice(np.asarray(s, dtype=np.float32)) >= segmenter.threshold for s in images])
+        shapes = object_shapes(masks, min_area=min_area)
+        record = {
+            "run": str(out.parent.parent),
+            **shape_distance(shapes, reference),
+            "foreground_fraction": float(masks.mean()),
+            "objects": shapes["objects"],
+            "reference_objects": reference["objects"],
+            "target": f"{t_layout}:{t_root}:{t_split}, every {int(every)} slices ({len(images)}), no labels read",
+            "source": f"{s_layout}:{s_root}:{s_split} labels",
+            "min_area": int(min_area),
+            "precision": str(segmenter.precision),
+        }
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, out)
+        records.append(record)
+    return records

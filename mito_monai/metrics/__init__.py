@@ -3,7 +3,8 @@
 UDA convention (per slice, averaged): mAP, F1, MCC, IoU. SSL convention (whole volume): Dice, Jaccard.
 Calibration: ECE. See :mod:`mito_monai.metrics.segmentation` for the exact definitions and degenerate cases.
 Without labels: the label-free scores (entropy, foreground fraction, agreement; :mod:`mito_monai.metrics.label_free`,
-and as an ignite metric :class:`LabelFreeMetrics`).
+and as an ignite metric :class:`LabelFreeMetrics`), and the distance of the predicted objects' shapes to the
+source labels' (:mod:`mito_monai.metrics.shape_prior`).
 """
 
 from mito_monai.metrics.ignite_metrics import SegmentationMetrics, default_output_transform, from_logits_output
@@ -15,6 +16,7 @@ from mito_monai.metrics.label_free_metrics import (
     evaluation_key_metric,
     probability_output,
 )
+from mito_monai.metrics.shape_prior import object_shapes, shape_distance
 from mito_monai.metrics.segmentation import (
     CalibrationBins,
     average_precision,
@@ -47,4 +49,6 @@ __all__ = [
     "instance_overlaps",
     "segmentation_metrics",
     "ssl_metrics",
+    "object_shapes",
+    "shape_distance",
 ]
