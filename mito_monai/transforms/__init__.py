@@ -11,6 +11,7 @@ from mito_monai.transforms.intensity import (
     RandCoarseDropoutMean,
     RandCoarseDropoutMeand,
 )
+from mito_monai.transforms.resolution import RescaleToPixelSize, RescaleToPixelSized, resize_slices, scaled_size
 from mito_monai.transforms.presets import eval_transforms, train_transforms
 from mito_monai.transforms.views import WeakStrongViewsd, strong_photometric_transform
 
@@ -21,8 +22,12 @@ __all__ = [
     "RandBrightnessContrastd",
     "RandCoarseDropoutMean",
     "RandCoarseDropoutMeand",
+    "RescaleToPixelSize",
+    "RescaleToPixelSized",
     "WeakStrongViewsd",
     "eval_transforms",
+    "resize_slices",
+    "scaled_size",
     "strong_photometric_transform",
     "train_transforms",
 ]

@@ -18,6 +18,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple
 
 from mito_monai.transforms.intensity import NormalizePerSliced, RandBrightnessContrastd
+from mito_monai.transforms.resolution import RescaleToPixelSized
 from mito_monai.transforms.views import WeakStrongViewsd
 
 __all__ = ["eval_transforms", "train_transforms"]
@@ -44,13 +45,15 @@ def train_transforms(
     zoom_range: Sequence[float] = (0.8, 1.2),
     photometric: Callable | None = None,
     weak_transform: Callable | None = None,
+    rescale: float | None = None,
 ) -> Compose:
     """Training pipeline for 2D slice samples ``{"image": (1, H, W), "label": (1, H, W)}``.
 
     ``keys[0]`` is the image, the other keys are labels (nearest-neighbour everywhere; they may be absent, e.g. for
     unlabelled target data). Steps:
 
-    1. :class:`NormalizePerSliced` on the image (min-max to [0, 1]);
+    1. :class:`NormalizePerSliced` on the image (min-max to [0, 1]); with ``rescale``,
+       :class:`~mito_monai.transforms.RescaleToPixelSized` on the whole slice (image and labels, before any crop);
     2. ``SpatialPadd`` (reflect) to at least ``crop_size``;
     3. ``RandSpatialCropd(crop_size, random_size=False)``;
     4. ``RandFlipd`` on each spatial axis (p = 0.5 each) and ``RandRotate90d`` (p = 0.75, k in {1, 2, 3}, so the four
@@ -82,6 +85,8 @@ def train_transforms(
         photometric: a dictionary transform applied to the image after the geometric steps.
         weak_transform: for ``paired_views``, a photometric perturbation of the weak view (the CAFA code perturbs
             the weak view mildly and the strong view more); ``None`` keeps the weak view unperturbed.
+        rescale: in-plane factor of the whole slices, the data's pixel size / the pixel size the network should
+            see (e.g. target / source pixel size); ``None`` (default) or 1: no rescaling.
     """
     image_key, all_keys = _split_keys(keys)
     crop = ensure_tuple(crop_size)
@@ -91,6 +96,7 @@ def train_transforms(
     crop = tuple(int(c) for c in crop)
     transforms: list[Callable] = [
         NormalizePerSliced(image_key),
+        RescaleToPixelSized(all_keys, scale=rescale, allow_missing_keys=True),
         SpatialPadd(all_keys, spatial_size=crop, mode="reflect", allow_missing_keys=True),
         RandSpatialCropd(all_keys, roi_size=crop, random_size=False, allow_missing_keys=True),
         RandFlipd(all_keys, prob=0.5, spatial_axis=0, allow_missing_keys=True),
