@@ -16,6 +16,7 @@ from mito_monai.inference.block_plan import Block, fitted_window, window_starts
 from mito_monai.runtime.checkpoint_files import load_checkpoint
 from mito_monai.runtime.precision import AUTO, Precision, as_precision
 from mito_monai.transforms import NormalizePerSlice
+from mito_monai.transforms.resolution import check_scale, resize_slices, scaled_size
 
 __all__ = ["BlockPredictor", "normalize_slice"]
 
@@ -62,6 +63,11 @@ class BlockPredictor:
         channels_last: channels-last memory format: ``"auto"`` (with autocast) or true/false.
         max_window: largest window side the windows may grow to (None: always ``roi_size``); rounded to
             the network's ``divisor`` (its size divisor) when it has one.
+        scale: the input's pixel size / the network's (e.g. 8 nm / 4.6 nm for a MitoEM stack and a model trained
+            on VNC III): whole slices are resized by it (:func:`~mito_monai.transforms.resize_slices`) before the
+            windows, and the probabilities resized back to the slice's size, as
+            :class:`~mito_monai.inference.RescalingInferer` does; blocks must then hold whole slices (the
+            :class:`~mito_monai.inference.StackSegmenter` plans them so). ``None`` (default) or 1: no rescaling.
     """
 
     def __init__(
@@ -75,6 +81,7 @@ class BlockPredictor:
         checkpoint: str | os.PathLike | None = None,
         channels_last: bool | str = AUTO,
         max_window: int | None = None,
+        scale: float | None = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
@@ -112,6 +119,7 @@ class BlockPredictor:
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
+        self.scale = check_scale(scale)
 
     def fingerprint(self) -> dict[str, str]:
         """What a resumed run must share with the interrupted one besides the block settings: the weights
@@ -124,11 +132,19 @@ class BlockPredictor:
             digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         structure = hashlib.sha256(repr(self.network).encode()).hexdigest()[:12]
         precision = self.precision.name + (" autocast" if self.amp else "") + (" channels-last" if self.channels_last else "")
-        return {
+        out = {
             "checkpoint": "sha256:" + digest.hexdigest()[:16],
             "network": f"{type(self.network).__name__} {structure}",
             "precision": precision,
         }
+        if self.rescaling:  # only then, so that records of runs without rescaling still resume
+            out["scale"] = repr(self.scale)
+        return out
+
+    @property
+    def rescaling(self) -> bool:
+        """Whether slices are resized by ``scale`` before the network (``scale`` set and not 1)."""
+        return self.scale is not None and self.scale != 1.0
 
     # the network on windows -------------------------------------------------------------------
     def _importance(self, window: tuple[int, int]) -> torch.Tensor:
@@ -163,7 +179,26 @@ class BlockPredictor:
             origin: global (y, x) position of ``image[:, 0, 0]``.
             core: global (y, x) slices to predict; every window touching them must lie inside ``image``.
             full: (Y, X) size of the whole slice (fixes the window lattice).
+
+        With ``scale``, ``image`` must be the whole slices (and ``core`` all of them): they are resized by
+        ``scale``, predicted, and the probabilities resized back to (Y, X).
         """
+        if not self.rescaling:
+            return self._predict_region(image, origin, core, full)
+        full = tuple(int(n) for n in full)
+        whole = tuple(origin) == (0, 0) and tuple(image.shape[1:]) == full
+        if not (whole and all(c.indices(n)[:2] == (0, n) for c, n in zip(core, full))):
+            raise ValueError(
+                f"with scale {self.scale} a block must hold whole slices {full}, got a region {image.shape[1:]} "
+                f"at {tuple(origin)}."
+            )
+        size = scaled_size(full, self.scale)
+        zoomed = resize_slices(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), size).numpy()
+        prob = self._predict_region(zoomed, (0, 0), (slice(0, size[0]), slice(0, size[1])), size)
+        return resize_slices(torch.from_numpy(prob), full).numpy().clip(0.0, 1.0).astype(np.float32)
+
+    def _predict_region(self, image: np.ndarray, origin: Sequence[int], core: Sequence[slice], full: Sequence[int]) -> np.ndarray:
+        """:meth:`predict_region` at the network's pixel size (no rescaling)."""
         window, overlap = self.windows(full)
         pads, starts, offset = [], [], []
         for axis in range(2):

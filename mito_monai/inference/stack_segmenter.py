@@ -60,7 +60,8 @@ class StackSegmenter:
         network: the 2D network, or a ready :class:`~mito_monai.inference.block_predictor.BlockPredictor`.
         predictor_options: the other arguments of :class:`~mito_monai.inference.block_predictor.BlockPredictor`
             (``inferer``, ``roi_size``, ``device``, ``threshold``, ``amp``, ``checkpoint``, ``channels_last``,
-            ``max_window``), by keyword; none with a ready predictor.
+            ``max_window``, ``scale``), by keyword; none with a ready predictor. With ``scale`` (a network
+            trained at another pixel size) every block holds whole slices (``block_tile`` is not used).
     """
 
     def __init__(self, network: nn.Module | BlockPredictor, **predictor_options: Any) -> None:
@@ -220,6 +221,8 @@ class StackSegmenter:
     def _plan(self, shape: Sequence[int], block_slices: int, block_tile: int) -> tuple[BlockPlan, tuple[int, int]]:
         """The block plan of a stack of ``shape`` and the window its slices get."""
         window, _ = self.windows(shape[1:])
+        if self.predictor.rescaling:  # whole slices are resized: blocks of whole slices, no in-plane halo
+            return BlockPlan(shape, (block_slices, *shape[1:])), window
         try:
             return BlockPlan(shape, (block_slices, block_tile, block_tile), (0, *window)), window
         except ValueError as e:
