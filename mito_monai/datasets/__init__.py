@@ -33,6 +33,7 @@ from mito_monai.datasets.registry import (
     list_splits,
     split_files,
 )
+from mito_monai.datasets.pixel_size import layout_pixel_size, pixel_size_option, rescale_factor, resolution_scale
 from mito_monai.datasets.splits import dataset_info, load_split, open_split
 
 
@@ -53,6 +54,10 @@ __all__ = [
     "labelled_slice_dataset",
     "is_label_free",
     "foreground_prior",
+    "layout_pixel_size",
+    "pixel_size_option",
+    "rescale_factor",
+    "resolution_scale",
     "label_foreground_fraction",
     "DatasetLayout",
     "DatasetSource",

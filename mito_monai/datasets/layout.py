@@ -85,6 +85,9 @@ class DatasetLayout:
     name: str = ""
     #: one-line description of the expected files, used in error messages.
     expected: str = ""
+    #: the dataset's in-plane pixel size in nm, when the layout is of one known dataset (None: unknown, e.g.
+    #: ``folder``); what ``auto`` pixel sizes read (:func:`~mito_monai.datasets.pixel_size_option`).
+    pixel_size: float | None = None
 
     def list_splits(self, root: Path) -> list[str]:
         raise NotImplementedError

@@ -32,6 +32,7 @@ SOURCE = DatasetSource(
 class LucchiLayout(DatasetLayout):
     name = "lucchi"
     expected = "training.tif, training_groundtruth.tif, testing.tif, testing_groundtruth.tif"
+    pixel_size = 5.0  # nm per pixel in-plane (FIB-SEM, about 5 x 5 x 5 nm)
     _FILES = {"train": ("training.tif", "training_groundtruth.tif"), "test": ("testing.tif", "testing_groundtruth.tif")}
 
     def list_splits(self, root: Path) -> list[str]:

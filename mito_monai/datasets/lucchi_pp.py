@@ -33,6 +33,7 @@ SOURCE = DatasetSource(
 class LucchiPPLayout(DatasetLayout):
     name = "lucchi_pp"
     expected = "Train_In/Train_Out and Test_In/Test_Out slice folders"
+    pixel_size = 5.0  # nm per pixel in-plane (the Lucchi FIB-SEM volumes, about 5 x 5 x 5 nm)
     _FOLDERS = {"train": ("Train_In", "Train_Out"), "test": ("Test_In", "Test_Out")}
 
     def list_splits(self, root: Path) -> list[str]:

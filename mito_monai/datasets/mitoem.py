@@ -93,6 +93,7 @@ def _h5_key(path: Path) -> str:
 class MitoEMLayout(DatasetLayout):
     name = "mitoem"
     expected = "MitoEM-R and/or MitoEM-H with im/ + mito-train-v2/ + mito-val-v2/, or im_train.h5/mito_train.h5..."
+    pixel_size = 8.0  # nm per pixel in-plane (MitoEM-R and -H: 8 x 8 nm, 30 nm sections)
     _VARIANTS = ("R", "H")
 
     def _available(self, vdir: Path, part: str) -> bool:

@@ -34,6 +34,7 @@ SOURCE = DatasetSource(
 class VNC3Layout(DatasetLayout):
     name = "vnc3"
     expected = "stack1/raw/NN.tif slices with stack1/mitochondria/NN.png labels"
+    pixel_size = 4.6  # nm per pixel in-plane (ssTEM, 4.6 x 4.6 nm, 45-50 nm sections)
 
     def list_splits(self, root: Path) -> list[str]:
         require_root(root, self)
