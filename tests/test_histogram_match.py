@@ -264,6 +264,8 @@ def test_bundle_wires_the_reference_into_the_target_pipelines_only(demo):
         np.testing.assert_allclose(matcher.matcher.reference_quantiles, expected, atol=1e-7)
     (matcher,) = matchers(parser.get_parsed_content("train#selection_dataset").dataset.transform)
     assert not matchers(parser.get_parsed_content("train#preprocessing"))  # the source pipeline is unchanged
+    parser["method"] = "oracle"  # the labelled pipeline reads the target: matched too
+    (matcher,) = matchers(parser.get_parsed_content("train#preprocessing", lazy=False))
 
 
 # inference -------------------------------------------------------------------------------------------------------
