@@ -310,7 +310,8 @@ def shape_scores(
     """Score finished runs' final models by the source labels' shape prior; write :data:`SHAPE_SCORES_FILE`.
 
     Each run's ``models/model.pt`` (a :class:`~mito_monai.networks.MitoUNet` with ``channels``) predicts every
-    ``every``-th slice of the unlabelled ``target`` stack, whole slices in one window (as the evaluation); the
+    ``every``-th slice of the unlabelled ``target`` stack, whole slices in one window (as the evaluation;
+    matched to the run's ``models/histogram_reference.json`` when it has one, as in its training); the
     2D objects of its masks are compared with those of the ``source`` labels
     (:func:`~mito_monai.metrics.shape_distance`). No target label is read: the target is opened without labels.
 
@@ -359,7 +360,9 @@ def shape_scores(
     records = []
     for model, out in todo:
         network = MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=list(channels))
-        segmenter = StackSegmenter(network, roi_size=images.shape[1:], checkpoint=model)
+        matched = model.parent / "histogram_reference.json"  # a run with --target_histogram_match saw matched targets
+        segmenter = StackSegmenter(network, roi_size=images.shape[1:], checkpoint=model,
+                                   histogram_reference=matched if matched.is_file() else None)
         masks = np.stack([segmenter.predict_slice(np.asarray(s, dtype=np.float32)) >= segmenter.threshold for s in images])
         shapes = object_shapes(masks, min_area=min_area)
         record = {

@@ -95,6 +95,14 @@ def test_shape_scores_read_no_target_label_and_match_a_brute_force_score(tmp_pat
         shape_scores([_run(tmp_path, "nomodel", 0)], target=f"lucchi_pp:{tgt}:train", source=f"lucchi_pp:{source}:train")
     with pytest.raises(ValueError, match="LAYOUT:DIR:SPLIT"):
         shape_scores([run], target="lucchi_pp", source=f"lucchi_pp:{source}:train", overwrite=True)
+    # a run trained with --target_histogram_match is scored on matched targets, as it was trained
+    matched = _run(tmp_path, "matched", 0, state=net.state_dict())
+    reference = {"intensity_quantiles": np.linspace(0.2, 0.6, 16).tolist()}
+    (matched / "models" / "histogram_reference.json").write_text(json.dumps(reference))
+    [scored] = shape_scores([matched], target=f"lucchi_pp:{tgt}:train", source=f"lucchi_pp:{source}:train", channels=[4, 8], min_area=2)
+    segmenter = StackSegmenter(net, roi_size=(48, 48), histogram_reference=reference)
+    masks = np.stack([segmenter.predict_slice(s.astype(np.float32)) >= 0.5 for s in target[::2]])
+    assert scored["foreground_fraction"] == pytest.approx(masks.mean()) and scored["foreground_fraction"] != written["foreground_fraction"]
     main(["shape-scores", str(run), "--target", f"lucchi_pp:{tgt}:train", "--source", f"lucchi_pp:{source}:train",
           "--channels", "[4, 8]", "--min_area", "2", "--overwrite", "true"])
     assert json.loads((run / "eval" / "shape_scores.json").read_text()) == written

@@ -6,6 +6,8 @@ trains, validates and is described exactly like the same voxels in a TIFF.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from mito_monai.datasets.layout import SplitFiles
@@ -14,7 +16,7 @@ from mito_monai.io.errors import DataError
 from mito_monai.io.paths import PathLike
 from mito_monai.io.volume import Volume, open_volume
 
-__all__ = ["open_split", "load_split", "dataset_info", "volume_foreground_fraction"]
+__all__ = ["open_split", "load_split", "dataset_info", "iter_slabs", "volume_foreground_fraction"]
 
 
 def _shape_mismatch(sf: SplitFiles, image_shape, label_shape) -> DataError:
@@ -78,11 +80,17 @@ def load_split(
         return image, label_volume.read()
 
 
+def iter_slabs(volume: Volume, max_voxels: int = 2**26, check_finite: bool = False) -> Iterator[np.ndarray]:
+    """The (Z, Y, X) volume read in order as slabs (z, Y, X) of whole slices, about ``max_voxels`` voxels each
+    (at least one slice); whole only where the format is read whole. ``check_finite`` as :meth:`Volume.read`."""
+    step = max(1, int(max_voxels // max(1, volume.shape[1] * volume.shape[2])))
+    for z in range(0, volume.shape[0], step):
+        yield volume.read((slice(z, z + step), slice(None), slice(None)), check_finite=check_finite)
+
+
 def volume_foreground_fraction(label: Volume) -> float:
-    """Fraction of non-zero label voxels, read slab by slab (whole only where the format is read whole)."""
-    total, step = 0, max(1, int(2**26 // max(1, label.shape[1] * label.shape[2])))
-    for z in range(0, label.shape[0], step):
-        total += int(np.count_nonzero(label.read((slice(z, z + step), slice(None), slice(None)))))
+    """Fraction of non-zero label voxels, read slab by slab (:func:`iter_slabs`)."""
+    total = sum(int(np.count_nonzero(slab)) for slab in iter_slabs(label))
     return total / float(np.prod(label.shape))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 from mito_monai.inference.block_plan import Block, fitted_window, window_starts
 from mito_monai.runtime.checkpoint_files import load_checkpoint
 from mito_monai.runtime.precision import AUTO, Precision, as_precision
-from mito_monai.transforms import NormalizePerSlice
+from mito_monai.transforms import MatchHistogram, NormalizePerSlice
 from mito_monai.transforms.resolution import check_scale, resize_slices, scaled_size
 
 __all__ = ["BlockPredictor", "normalize_slice"]
@@ -68,6 +69,10 @@ class BlockPredictor:
             windows, and the probabilities resized back to the slice's size, as
             :class:`~mito_monai.inference.RescalingInferer` does; blocks must then hold whole slices (the
             :class:`~mito_monai.inference.StackSegmenter` plans them so). ``None`` (default) or 1: no rescaling.
+        histogram_reference: reference quantiles (anything :class:`~mito_monai.transforms.MatchHistogram` takes,
+            e.g. the ``histogram_reference.json`` of an r4mito run with ``target_histogram_match``): every
+            normalised whole slice is matched to them (:meth:`match_block`) before the network; ``None``
+            (default): no matching.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class BlockPredictor:
         channels_last: bool | str = AUTO,
         max_window: int | None = None,
         scale: float | None = None,
+        histogram_reference: Any = None,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
@@ -120,6 +126,7 @@ class BlockPredictor:
             self.network = self.network.to(memory_format=torch.channels_last)
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
         self.scale = check_scale(scale)
+        self.matcher = None if histogram_reference is None else MatchHistogram(histogram_reference)
 
     def fingerprint(self) -> dict[str, str]:
         """What a resumed run must share with the interrupted one besides the block settings: the weights
@@ -139,6 +146,9 @@ class BlockPredictor:
         }
         if self.rescaling:  # only then, so that records of runs without rescaling still resume
             out["scale"] = repr(self.scale)
+        if self.matcher is not None:  # only then, so that records of runs without matching still resume
+            reference = np.ascontiguousarray(self.matcher.reference_quantiles, dtype=np.float64)
+            out["histogram_reference"] = "sha256:" + hashlib.sha256(reference.tobytes()).hexdigest()[:16]
         return out
 
     @property
@@ -243,7 +253,24 @@ class BlockPredictor:
         if image.ndim != 2:
             raise ValueError(f"expected one 2D slice (Y, X), got shape {image.shape}.")
         full = image.shape
-        return self.predict_region(normalize_slice(image)[None], (0, 0), (slice(0, full[0]), slice(0, full[1])), full)[0]
+        norm = normalize_slice(image)[None]
+        if self.matcher is not None:
+            norm = self.match_block(norm, self.slice_quantiles(norm))
+        return self.predict_region(norm, (0, 0), (slice(0, full[0]), slice(0, full[1])), full)[0]
+
+    def slice_quantiles(self, norm: np.ndarray) -> np.ndarray | None:
+        """Per-slice quantiles (Z, Q) of whole normalised slices (Z, Y, X) at the histogram reference's levels;
+        ``None`` without a reference."""
+        if self.matcher is None:
+            return None
+        return np.stack([self.matcher.image_quantiles(s) for s in norm])
+
+    def match_block(self, norm: np.ndarray, quantiles: np.ndarray | None) -> np.ndarray:
+        """Match each normalised slice of a read box (Z, H, W) to the histogram reference with the quantiles
+        (Z, Q) of its whole slice (:meth:`slice_quantiles`); unchanged without a reference."""
+        if self.matcher is None:
+            return norm
+        return np.stack([self.matcher(s, image_quantiles=q) for s, q in zip(norm, quantiles)]).astype(np.float32)
 
     @staticmethod
     def normalize_block(raw: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:

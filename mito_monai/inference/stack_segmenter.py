@@ -52,7 +52,9 @@ class StackSegmenter:
     :class:`~mito_monai.inference.block_predictor.BlockPredictor` runs every window that touches the core (in
     batches, across the block's slices and tiles), blends them and gives back only the core. So the output is the
     same for any block grid, and peak memory is set by the block size, not the volume. Each slice is min-max
-    normalised with its own minimum and maximum over the whole slice (a first, read-only pass), as in training.
+    normalised with its own minimum and maximum over the whole slice (a first, read-only pass), as in training;
+    with a ``histogram_reference`` each normalised slice is then matched to it with the quantiles of the whole
+    slice (a second read-only pass, slice by slice in this process).
     Slices smaller than the window are reflect-padded to it. The in-process run reads the next block in a
     background thread and writes the previous one in another while the network runs.
 
@@ -60,7 +62,7 @@ class StackSegmenter:
         network: the 2D network, or a ready :class:`~mito_monai.inference.block_predictor.BlockPredictor`.
         predictor_options: the other arguments of :class:`~mito_monai.inference.block_predictor.BlockPredictor`
             (``inferer``, ``roi_size``, ``device``, ``threshold``, ``amp``, ``checkpoint``, ``channels_last``,
-            ``max_window``, ``scale``), by keyword; none with a ready predictor. With ``scale`` (a network
+            ``max_window``, ``scale``, ``histogram_reference``), by keyword; none with a ready predictor. With ``scale`` (a network
             trained at another pixel size) every block holds whole slices (``block_tile`` is not used).
     """
 
@@ -167,6 +169,7 @@ class StackSegmenter:
                 else:
                     stats = self._slice_statistics(executor, source, input_path, key, plan, missing_chunks)
                 source.missing_chunks = "fill"  # the statistics pass has checked every chunk already
+                quantiles = self._slice_quantiles(source)
                 with ExitStack() as stack:
                     if paths.zarr:
                         writers, written = self._zarr_outputs(
@@ -176,7 +179,7 @@ class StackSegmenter:
                             record.start(settings, stats)
                     else:
                         writers, written = self._file_outputs(stack, paths, names, plan, prob_dtype, overwrite)
-                    task = BlockSegmentation(self.predictor, input_path, key, plan, stats, writers, record, source)
+                    task = BlockSegmentation(self.predictor, input_path, key, plan, stats, writers, record, source, quantiles)
                     foreground = self._map_blocks(executor, task, plan, record if resuming else None, progress)
             if preview:
                 written["preview"] = str(self._preview(source, paths.preview, written))
@@ -242,6 +245,13 @@ class StackSegmenter:
             return merge_slice_stats(parts, plan.shape[0])
         except ValueError as e:
             raise ValueError(f"{input_path}, {e}") from e
+
+    def _slice_quantiles(self, source: Volume) -> np.ndarray | None:
+        """With a histogram reference, the quantiles (Z, Q) of every whole normalised slice, slice by slice in
+        this process (a read-only pass); else None."""
+        if self.predictor.matcher is None:
+            return None
+        return np.concatenate([self.predictor.slice_quantiles(normalize_slice(source[z])[None]) for z in range(source.shape[0])])
 
     @staticmethod
     def _file_outputs(stack: ExitStack, paths: _RunPaths, names, plan: BlockPlan, prob_dtype, overwrite: bool):

@@ -151,30 +151,34 @@ class BlockSegmentation:
         writers: ``probabilities`` and/or ``masks`` -> a box writer (``write(box, array)``).
         record: where finished blocks are recorded, or None.
         volume: the input, already opened (in-process runs share the run's); a worker opens its own.
+        quantiles: with a histogram reference in ``predictor``, the quantiles (Z, Q) of every whole normalised
+            slice (:meth:`~mito_monai.inference.BlockPredictor.slice_quantiles`), else None.
 
     Returns (when called with a block index): the block's number of foreground voxels.
     """
 
     def __init__(
         self, predictor: BlockPredictor, input_path, key, plan: BlockPlan, stats, writers: Mapping,
-        record: BlocksDone | None, volume: Volume | None = None,
+        record: BlocksDone | None, volume: Volume | None = None, quantiles: np.ndarray | None = None,
     ) -> None:
         self.predictor, self.input_path, self.key, self.plan = predictor, str(input_path), key, plan
         self.low, self.high = np.asarray(stats[0]), np.asarray(stats[1])
         self.writers, self.record = dict(writers), record
         self.missing_chunks = "fill"  # the statistics pass has checked every chunk already
         self._volume = volume
+        self.quantiles = quantiles
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_volume": None}
 
     def load(self, index: int) -> np.ndarray:
-        """The block's read box (Z, H, W), normalised to float32."""
+        """The block's read box (Z, H, W), normalised to float32 (and histogram-matched with a reference)."""
         if self._volume is None:
             self._volume = open_volume(self.input_path, self.key, self.missing_chunks)
         block = self.plan[index]
         zs = block.core[0]
-        return self.predictor.normalize_block(self._volume.read(block.read), self.low[zs], self.high[zs])
+        norm = self.predictor.normalize_block(self._volume.read(block.read), self.low[zs], self.high[zs])
+        return self.predictor.match_block(norm, None if self.quantiles is None else self.quantiles[zs])
 
     def compute(self, index: int, norm: np.ndarray) -> np.ndarray:
         """Foreground probabilities (Z, cy, cx) of the block's core."""

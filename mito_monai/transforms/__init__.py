@@ -3,6 +3,15 @@
 Samples are dicts ``{"image": (1, H, W) float32, "label": (1, H, W)}``; everything geometric comes from MONAI.
 """
 
+from mito_monai.transforms.histogram import (
+    MatchHistogram,
+    MatchHistogramd,
+    intensity_quantiles,
+    load_reference_quantiles,
+    save_histogram_reference,
+    source_intensity_quantiles,
+    target_histogram_reference,
+)
 from mito_monai.transforms.intensity import (
     NormalizePerSlice,
     NormalizePerSliced,
@@ -16,6 +25,8 @@ from mito_monai.transforms.presets import eval_transforms, train_transforms
 from mito_monai.transforms.views import WeakStrongViewsd, strong_photometric_transform
 
 __all__ = [
+    "MatchHistogram",
+    "MatchHistogramd",
     "NormalizePerSlice",
     "NormalizePerSliced",
     "RandBrightnessContrast",
@@ -28,6 +39,11 @@ __all__ = [
     "eval_transforms",
     "resize_slices",
     "scaled_size",
+    "intensity_quantiles",
+    "load_reference_quantiles",
+    "save_histogram_reference",
+    "source_intensity_quantiles",
+    "target_histogram_reference",
     "strong_photometric_transform",
     "train_transforms",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from monai.config import KeysCollection
 from monai.transforms import (
@@ -17,6 +18,7 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple
 
+from mito_monai.transforms.histogram import MatchHistogramd
 from mito_monai.transforms.intensity import NormalizePerSliced, RandBrightnessContrastd
 from mito_monai.transforms.resolution import RescaleToPixelSized
 from mito_monai.transforms.views import WeakStrongViewsd
@@ -29,6 +31,14 @@ def _split_keys(keys: KeysCollection) -> tuple[str, tuple]:
     if len(keys) == 0:
         raise ValueError("keys must name at least the image key.")
     return keys[0], tuple(keys)
+
+
+def _normalization(image_key: str, histogram_reference: Any) -> list[Callable]:
+    """Per-slice min-max normalisation of the image, then histogram matching to ``histogram_reference``."""
+    steps: list[Callable] = [NormalizePerSliced(image_key)]
+    if histogram_reference is not None:
+        steps.append(MatchHistogramd(image_key, histogram_reference))
+    return steps
 
 
 def train_transforms(
@@ -46,13 +56,15 @@ def train_transforms(
     photometric: Callable | None = None,
     weak_transform: Callable | None = None,
     rescale: float | None = None,
+    histogram_reference: Any = None,
 ) -> Compose:
     """Training pipeline for 2D slice samples ``{"image": (1, H, W), "label": (1, H, W)}``.
 
     ``keys[0]`` is the image, the other keys are labels (nearest-neighbour everywhere; they may be absent, e.g. for
     unlabelled target data). Steps:
 
-    1. :class:`NormalizePerSliced` on the image (min-max to [0, 1]); with ``rescale``,
+    1. :class:`NormalizePerSliced` on the image (min-max to [0, 1]), then, with ``histogram_reference``,
+       :class:`MatchHistogramd` on the whole slice (before any crop); with ``rescale``,
        :class:`~mito_monai.transforms.RescaleToPixelSized` on the whole slice (image and labels, before any crop);
     2. ``SpatialPadd`` (reflect) to at least ``crop_size``;
     3. ``RandSpatialCropd(crop_size, random_size=False)``;
@@ -87,6 +99,9 @@ def train_transforms(
             the weak view mildly and the strong view more); ``None`` keeps the weak view unperturbed.
         rescale: in-plane factor of the whole slices, the data's pixel size / the pixel size the network should
             see (e.g. target / source pixel size); ``None`` (default) or 1: no rescaling.
+        histogram_reference: reference quantiles of normalised images (anything :class:`MatchHistogram` takes:
+            a list, an array, ``{"intensity_quantiles": [...]}`` or a JSON file path); ``None`` (default): no
+            histogram matching.
     """
     image_key, all_keys = _split_keys(keys)
     crop = ensure_tuple(crop_size)
@@ -95,7 +110,7 @@ def train_transforms(
         raise ValueError(f"crop_size must be a positive int or an (H, W) pair of positive ints, got {crop_size!r}.")
     crop = tuple(int(c) for c in crop)
     transforms: list[Callable] = [
-        NormalizePerSliced(image_key),
+        *_normalization(image_key, histogram_reference),
         RescaleToPixelSized(all_keys, scale=rescale, allow_missing_keys=True),
         SpatialPadd(all_keys, spatial_size=crop, mode="reflect", allow_missing_keys=True),
         RandSpatialCropd(all_keys, roi_size=crop, random_size=False, allow_missing_keys=True),
@@ -136,8 +151,9 @@ def train_transforms(
     return Compose(transforms)
 
 
-def eval_transforms(keys: KeysCollection = ("image", "label")) -> Compose:
-    """Evaluation pipeline: :class:`NormalizePerSliced` on ``keys[0]`` (the image), then ``EnsureTyped`` on all keys
-    (labels may be absent)."""
+def eval_transforms(keys: KeysCollection = ("image", "label"), histogram_reference: Any = None) -> Compose:
+    """Evaluation pipeline: :class:`NormalizePerSliced` on ``keys[0]`` (the image), with ``histogram_reference``
+    (as :func:`train_transforms`; default ``None``: none) :class:`MatchHistogramd` on it, then ``EnsureTyped`` on all
+    keys (labels may be absent)."""
     image_key, all_keys = _split_keys(keys)
-    return Compose([NormalizePerSliced(image_key), EnsureTyped(all_keys, allow_missing_keys=True)])
+    return Compose([*_normalization(image_key, histogram_reference), EnsureTyped(all_keys, allow_missing_keys=True)])
