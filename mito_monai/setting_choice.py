@@ -311,7 +311,8 @@ def shape_scores(
 
     Each run's ``models/model.pt`` (a :class:`~mito_monai.networks.MitoUNet` with ``channels``) predicts every
     ``every``-th slice of the unlabelled ``target`` stack, whole slices in one window (as the evaluation;
-    matched to the run's ``models/histogram_reference.json`` when it has one, as in its training); the
+    matched to the run's ``models/histogram_reference.json`` when it has one, and rescaled by its
+    ``resolution_scale`` when its ``final_metrics.json`` records one, as in its training); the
     2D objects of its masks are compared with those of the ``source`` labels
     (:func:`~mito_monai.metrics.shape_distance`). No target label is read: the target is opened without labels.
 
@@ -348,7 +349,11 @@ def shape_scores(
             raise FileNotFoundError(f"{model} does not exist: expected the final model of the run of {f}.")
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists: give --overwrite true to score the run again.")
-        todo.append((model, out))
+        try:  # a run with --match_resolution saw the target rescaled by this factor
+            scale = json.loads(f.read_text()).get("resolution_scale")
+        except (OSError, ValueError, AttributeError):
+            scale = None
+        todo.append((model, out, scale))
     t_layout, t_root, t_split = _stack_spec(target, "target")
     s_layout, s_root, s_split = _stack_spec(source, "source")
     _, source_labels = load_split(s_layout, s_root, s_split, with_label=True)
@@ -358,10 +363,10 @@ def shape_scores(
     images, _ = load_split(t_layout, t_root, t_split, with_label=False)
     images = images[:: int(every)]
     records = []
-    for model, out in todo:
+    for model, out, scale in todo:
         network = MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=list(channels))
         matched = model.parent / "histogram_reference.json"  # a run with --target_histogram_match saw matched targets
-        segmenter = StackSegmenter(network, roi_size=images.shape[1:], checkpoint=model,
+        segmenter = StackSegmenter(network, roi_size=images.shape[1:], checkpoint=model, scale=scale,
                                    histogram_reference=matched if matched.is_file() else None)
         masks = np.stack([segmenter.predict_slice(np.asarray(s, dtype=np.float32)) >= segmenter.threshold for s in images])
         shapes = object_shapes(masks, min_area=min_area)
@@ -374,6 +379,7 @@ def shape_scores(
             "target": f"{t_layout}:{t_root}:{t_split}, every {int(every)} slices ({len(images)}), no labels read",
             "source": f"{s_layout}:{s_root}:{s_split} labels",
             "min_area": int(min_area),
+            "resolution_scale": scale,
             "precision": str(segmenter.precision),
         }
         tmp = out.with_name(f".{out.name}.tmp")

@@ -103,6 +103,14 @@ def test_shape_scores_read_no_target_label_and_match_a_brute_force_score(tmp_pat
     segmenter = StackSegmenter(net, roi_size=(48, 48), histogram_reference=reference)
     masks = np.stack([segmenter.predict_slice(s.astype(np.float32)) >= 0.5 for s in target[::2]])
     assert scored["foreground_fraction"] == pytest.approx(masks.mean()) and scored["foreground_fraction"] != written["foreground_fraction"]
+    # a run trained with --match_resolution is scored at the pixel size it was trained at
+    rescaled = _run(tmp_path, "rescaled", 0, state=net.state_dict())
+    record = json.loads((rescaled / "eval" / "final_metrics.json").read_text())
+    (rescaled / "eval" / "final_metrics.json").write_text(json.dumps({**record, "resolution_scale": 1.5}))
+    [scored] = shape_scores([rescaled], target=f"lucchi_pp:{tgt}:train", source=f"lucchi_pp:{source}:train", channels=[4, 8], min_area=2)
+    segmenter = StackSegmenter(net, roi_size=(48, 48), scale=1.5)
+    masks = np.stack([segmenter.predict_slice(s.astype(np.float32)) >= 0.5 for s in target[::2]])
+    assert scored["resolution_scale"] == 1.5 and scored["foreground_fraction"] == pytest.approx(masks.mean())
     main(["shape-scores", str(run), "--target", f"lucchi_pp:{tgt}:train", "--source", f"lucchi_pp:{source}:train",
           "--channels", "[4, 8]", "--min_area", "2", "--overwrite", "true"])
     assert json.loads((run / "eval" / "shape_scores.json").read_text()) == written
