@@ -285,19 +285,6 @@ def choose_default(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _stack_spec(spec: str | Sequence[str], what: str) -> tuple[str, str, str]:
-    """``(layout, root, split)`` of ``"LAYOUT:DIR:SPLIT"`` (or a 3-sequence)."""
-    if isinstance(spec, str):
-        layout, sep, rest = spec.partition(":")
-        root, sep2, split = rest.rpartition(":")
-        parts = (layout, root, split) if sep and sep2 else ()
-    else:
-        parts = tuple(str(p) for p in spec)
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"{what} {spec!r}: expected LAYOUT:DIR:SPLIT, e.g. lucchi_pp:data/lucchi_pp:train.")
-    return parts  # type: ignore[return-value]
-
-
 def shape_scores(
     runs: Sequence[str | os.PathLike],
     target: str | Sequence[str],
@@ -334,7 +321,7 @@ def shape_scores(
     """
     import numpy as np
 
-    from mito_monai.datasets import load_split
+    from mito_monai.datasets import load_split, parse_split_spec
     from mito_monai.inference import StackSegmenter
     from mito_monai.metrics import object_shapes, shape_distance
     from mito_monai.networks import MitoUNet
@@ -354,8 +341,8 @@ def shape_scores(
         except (OSError, ValueError, AttributeError):
             scale = None
         todo.append((model, out, scale))
-    t_layout, t_root, t_split = _stack_spec(target, "target")
-    s_layout, s_root, s_split = _stack_spec(source, "source")
+    t_layout, t_root, t_split = parse_split_spec(target, "target")
+    s_layout, s_root, s_split = parse_split_spec(source, "source")
     _, source_labels = load_split(s_layout, s_root, s_split, with_label=True)
     if source_labels is None:
         raise ValueError(f"source {s_root} split {s_split!r} has no labels: the shape prior comes from the source labels.")

@@ -24,8 +24,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mito_monai.datasets import load_split
+from mito_monai.datasets import load_split, parse_split_spec
 from mito_monai.inference import StackSegmenter
+from mito_monai.metrics import segmentation_metrics
 from mito_monai.networks import MitoUNet
 from mito_monai.visualize.figures import ERROR_COLOURS, error_overlay
 
@@ -41,17 +42,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _iou(label: np.ndarray, mask: np.ndarray) -> float:
-    union = np.logical_or(label, mask).sum()
-    return float(np.logical_and(label, mask).sum() / union) if union else 1.0
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
-    layout, sep, rest = args.stack.partition(":")
-    root, sep2, split = rest.rpartition(":")
-    if not (sep and sep2 and layout and root and split):
-        raise SystemExit(f"--stack {args.stack!r}: expected LAYOUT:DIR:SPLIT, e.g. lucchi_pp:data/lucchi_pp:test")
+    try:
+        layout, root, split = parse_split_spec(args.stack, "--stack")
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     models = []
     for item in args.model:
         name, eq, path = item.partition("=")
@@ -76,8 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
     for ax, (name, path) in zip(axes[1:], models):
         network = MitoUNet(spatial_dims=2, in_channels=1, out_channels=2, channels=args.channels)
         segmenter = StackSegmenter(network, roi_size=image.shape, checkpoint=path)
-        mask = segmenter.predict_slice(image) >= segmenter.threshold
-        iou = _iou(label, mask)
+        prob = segmenter.predict_slice(image)
+        mask = prob >= segmenter.threshold
+        iou = float(segmentation_metrics(prob, label, threshold=segmenter.threshold)["IoU"])
         record["models"][name] = {"checkpoint": path, "IoU": round(iou, 4), "foreground_fraction": round(float(mask.mean()), 4)}
         ax.imshow(error_overlay(image, label, mask))
         ax.set_title(f"{name}\nIoU {100 * iou:.1f} % on this slice", fontsize=9)

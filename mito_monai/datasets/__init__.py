@@ -34,7 +34,7 @@ from mito_monai.datasets.registry import (
     split_files,
 )
 from mito_monai.datasets.pixel_size import layout_pixel_size, pixel_size_option, rescale_factor, resolution_scale
-from mito_monai.datasets.splits import dataset_info, load_split, open_split
+from mito_monai.datasets.splits import dataset_info, load_split, open_split, parse_split_spec
 
 
 def __getattr__(name: str):
@@ -69,6 +69,7 @@ __all__ = [
     "list_splits",
     "split_files",
     "load_split",
+    "parse_split_spec",
     "open_split",
     "dataset_info",
     "EMSliceDataset",

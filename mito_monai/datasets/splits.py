@@ -16,7 +16,7 @@ from mito_monai.io.errors import DataError
 from mito_monai.io.paths import PathLike
 from mito_monai.io.volume import Volume, open_volume
 
-__all__ = ["open_split", "load_split", "dataset_info", "iter_slabs", "volume_foreground_fraction"]
+__all__ = ["open_split", "load_split", "dataset_info", "iter_slabs", "parse_split_spec", "volume_foreground_fraction"]
 
 
 def _shape_mismatch(sf: SplitFiles, image_shape, label_shape) -> DataError:
@@ -78,6 +78,20 @@ def load_split(
         return image, None
     with label_volume:
         return image, label_volume.read()
+
+
+def parse_split_spec(spec: str | tuple[str, str, str] | list[str], what: str = "stack") -> tuple[str, str, str]:
+    """``(layout, root, split)`` of a command-line ``"LAYOUT:DIR:SPLIT"`` (the folder may hold colons), or of a
+    3-sequence; a ``ValueError`` naming ``what`` otherwise."""
+    if isinstance(spec, str):
+        layout, sep, rest = spec.partition(":")
+        root, sep2, split = rest.rpartition(":")
+        parts = (layout, root, split) if sep and sep2 else ()
+    else:
+        parts = tuple(str(p) for p in spec)
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{what} {spec!r}: expected LAYOUT:DIR:SPLIT, e.g. lucchi_pp:data/lucchi_pp:train.")
+    return parts  # type: ignore[return-value]
 
 
 def iter_slabs(volume: Volume, max_voxels: int = 2**26, check_finite: bool = False) -> Iterator[np.ndarray]:
